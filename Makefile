@@ -1,0 +1,39 @@
+# Portico: `make run` brings everything up with demo data; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast check fmt venv clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Bring up portal, worker, beat, gateway and the demo upstreams on the embedded defaults.
+run: $(STAMP)
+	$(BIN)/python -m devstack
+
+## The whole test suite: lint and types first, then every test.
+test: $(STAMP) check
+	$(BIN)/python -m pytest
+
+## Tests without the end-to-end ones (which start real processes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e"
+
+## ruff (lint + format check) and mypy.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf var/log var/celery var/gateway

@@ -1,0 +1,219 @@
+"""Portico control-plane settings, read from the environment (see README: Configuration).
+
+Two modes:
+
+- embedded defaults (``PORTICO_ENV=development``, the default): SQLite and a
+  file-system Celery broker under ``var/``, per-install secrets generated into
+  ``var/`` on first start; nothing to install beyond the requirements;
+- production (``PORTICO_ENV=production``): every secret must be given, and a missing
+  one stops the process at start with a message naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from config.env import (
+    ConfigurationError,
+    env_bool,
+    env_int,
+    env_list,
+    env_str,
+    secret_from_env_or_file,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+PORTICO_ENV = env_str("PORTICO_ENV", "development")
+if PORTICO_ENV not in {"development", "production"}:
+    raise ConfigurationError(f"PORTICO_ENV must be development or production, not {PORTICO_ENV!r}")
+PRODUCTION = PORTICO_ENV == "production"
+VAR_DIR = Path(env_str("PORTICO_VAR_DIR", str(BASE_DIR / "var")) or "var").resolve()
+
+SECRET_KEY = secret_from_env_or_file(
+    "PORTICO_SECRET_KEY", VAR_DIR / "secret_key", generate=not PRODUCTION, nbytes=48
+)
+# Shared with every gateway process: authenticates both directions and seals upstream
+# secrets inside revisions (see gateway/secrets.py).
+PORTICO_GATEWAY_SECRET = secret_from_env_or_file(
+    "PORTICO_GATEWAY_SECRET", VAR_DIR / "gateway_secret", generate=not PRODUCTION
+)
+# Key-encryption key for upstream secrets at rest (envelope encryption, catalog/crypto.py).
+PORTICO_KEK = secret_from_env_or_file("PORTICO_KEK", VAR_DIR / "kek", generate=not PRODUCTION)
+
+DEBUG = env_bool("PORTICO_DEBUG", default=False)
+ALLOWED_HOSTS = env_list("PORTICO_ALLOWED_HOSTS", [] if PRODUCTION else ["*"])
+CSRF_TRUSTED_ORIGINS = env_list("PORTICO_CSRF_TRUSTED_ORIGINS", [])
+
+PORTICO_GATEWAY_PUBLIC_URL = env_str("PORTICO_GATEWAY_PUBLIC_URL", "http://127.0.0.1:8080")
+PORTICO_PORTAL_URL = env_str("PORTICO_PORTAL_URL", "http://127.0.0.1:8000")
+# A gateway that has not heartbeaten for this long is no longer delivered to.
+PORTICO_GATEWAY_INSTANCE_TTL = env_int("PORTICO_GATEWAY_INSTANCE_TTL", 30, minimum=5)
+# How many compiled revisions to keep (older ones are pruned; a gateway that far
+# behind simply gets the newest full revision).
+PORTICO_REVISIONS_KEPT = env_int("PORTICO_REVISIONS_KEPT", 20, minimum=2)
+PORTICO_RECONCILE_SECONDS = env_int("PORTICO_RECONCILE_SECONDS", 5, minimum=1)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_htmx",
+    "portal",
+    "catalog",
+    "consumers",
+    "gatewaysync",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    }
+]
+
+_default_db = f"sqlite:///{VAR_DIR / 'portico.sqlite3'}"
+DATABASE_URL = env_str("DATABASE_URL", None if PRODUCTION else _default_db)
+if DATABASE_URL is None:
+    raise ConfigurationError("DATABASE_URL is not set. Production requires PostgreSQL.")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the portal, the worker and beat read while one of them writes.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # The end-to-end tests run real processes against the test database, so it must
+    # be a file they can open, not SQLite's private in-memory database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_portico.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
+WHITENOISE_AUTOREFRESH = not PRODUCTION
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+# Celery: Redis when REDIS_URL is set, else a file-system broker under var/.
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+else:
+    _broker_dir = VAR_DIR / "celery" / "broker"
+    _broker_dir.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir),
+        "data_folder_out": str(_broker_dir),
+        "polling_interval": 0.2,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The file-system broker has no fan-out exchange for remote control.
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = bool(REDIS_URL)
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
+CELERY_TASK_ALWAYS_EAGER = env_bool("PORTICO_CELERY_EAGER", default=False)
+
+# Usage events: the gateway writes them to this Redis stream when REDIS_URL is set.
+PORTICO_USAGE_STREAM = "portico:usage"
+PORTICO_USAGE_GROUP = "portico-ingest"
+
+LOG_LEVEL = env_str("PORTICO_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+
+EMAIL_BACKEND = env_str("PORTICO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+LOGIN_URL = "/admin/login/"
+
+# Periodic tasks expire rather than pile up while no worker is running.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "revision-reconcile": {
+        "task": "gatewaysync.revision_reconcile",
+        "schedule": float(PORTICO_RECONCILE_SECONDS),
+        "options": {"expires": float(PORTICO_RECONCILE_SECONDS)},
+    },
+}
+if REDIS_URL:
+    CELERY_BEAT_SCHEDULE["usage-drain"] = {
+        "task": "gatewaysync.usage_drain",
+        "schedule": 1.0,
+        "options": {"expires": 5.0},
+    }

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+
+from consumers import services
+from consumers.models import Consumer, Credential, Subscription, UsageRecord
+from gatewaysync.admin import GatewayChangeAdmin
+
+
+class CredentialInline(admin.TabularInline):
+    model = Credential
+    extra = 0
+    can_delete = False
+    fields = ["name", "display_prefix", "created_at", "expires_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["name", "display_prefix", "created_at", "expires_at", "last_used_at"]
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        # Keys are issued to developers in the portal, where they are shown once.
+        return False
+
+
+@admin.register(Consumer)
+class ConsumerAdmin(GatewayChangeAdmin):
+    list_display = ["name", "owner", "status", "created_at"]
+    list_filter = ["status"]
+    list_select_related = ["owner"]
+    search_fields = ["name", "owner__username", "owner__email"]
+    inlines = [CredentialInline]
+
+
+@admin.register(Credential)
+class CredentialAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "display_prefix",
+        "consumer",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_select_related = ["consumer"]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "display_prefix", "consumer__name"]
+    fields = ["consumer", "name", "display_prefix", "created_at", "expires_at", "last_used_at"]
+    readonly_fields = [
+        "consumer",
+        "name",
+        "display_prefix",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False  # revoke instead, so usage keeps pointing at a known key
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):  # type: ignore[no-untyped-def]
+        for credential in queryset:
+            services.credential_revoke(credential=credential)
+        self.message_user(request, f"Revoked {len(queryset)} keys.", messages.SUCCESS)
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = ["consumer", "product", "plan", "status", "created_at", "decided_at"]
+    list_filter = ["status", "product"]
+    list_select_related = ["consumer", "product", "plan", "plan__product"]
+    readonly_fields = ["status", "decision_reason", "created_at", "decided_at"]
+    actions = ["approve", "revoke"]
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        try:
+            created = services.subscription_create(
+                consumer=obj.consumer, product=obj.product, plan=obj.plan
+            )
+        except ValidationError as exc:
+            self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            return
+        obj.pk = created.pk
+
+    def _each(self, request, queryset, action, verb):  # type: ignore[no-untyped-def]
+        done = 0
+        for subscription in queryset:
+            try:
+                action(subscription=subscription)
+                done += 1
+            except ValidationError as exc:
+                self.message_user(request, f"{subscription}: {exc.messages[0]}", messages.WARNING)
+        self.message_user(request, f"{verb} {done} subscriptions.", messages.SUCCESS)
+
+    @admin.action(description="Approve selected subscriptions")
+    def approve(self, request, queryset):  # type: ignore[no-untyped-def]
+        self._each(request, queryset, services.subscription_approve, "Approved")
+
+    @admin.action(description="Revoke selected subscriptions")
+    def revoke(self, request, queryset):  # type: ignore[no-untyped-def]
+        self._each(request, queryset, services.subscription_revoke, "Revoked")
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = ["ts", "request_id", "route", "model", "status", "latency_ms", "consumer_id"]
+    list_filter = ["status", "route"]
+    date_hierarchy = "ts"
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False

@@ -1,0 +1,115 @@
+"""Consumers (developers' apps), their credentials and subscriptions, and usage records."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Consumer(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="consumers"
+    )
+    name = models.CharField(max_length=120)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="consumer_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Credential(models.Model):
+    """An API key. Only its SHA-256 and a short display prefix are ever stored."""
+
+    consumer = models.ForeignKey(Consumer, on_delete=models.CASCADE, related_name="credentials")
+    name = models.CharField(max_length=120)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    display_prefix = models.CharField(max_length=16, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display_prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class Subscription(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        REVOKED = "revoked", "Revoked"
+
+    consumer = models.ForeignKey(Consumer, on_delete=models.CASCADE, related_name="subscriptions")
+    product = models.ForeignKey(
+        "catalog.Product", on_delete=models.CASCADE, related_name="subscriptions"
+    )
+    plan = models.ForeignKey("catalog.Plan", on_delete=models.PROTECT, related_name="subscriptions")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    decision_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One live subscription per consumer and product; ended ones stay as history.
+            models.UniqueConstraint(
+                fields=["consumer", "product"],
+                condition=models.Q(status__in=["pending", "approved"]),
+                name="subscription_one_live",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} → {self.product} ({self.status})"
+
+
+class UsageRecord(models.Model):
+    """One gateway call. Ids are kept as plain numbers so a record outlives what it names."""
+
+    event_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64)
+    ts = models.DateTimeField()
+    gateway = models.CharField(max_length=200, blank=True)
+    route = models.CharField(max_length=64, blank=True)
+    consumer_id = models.BigIntegerField(null=True)
+    credential_id = models.BigIntegerField(null=True)
+    product_id = models.BigIntegerField(null=True)
+    model = models.CharField(max_length=200, blank=True)
+    status = models.PositiveSmallIntegerField()
+    latency_ms = models.FloatField()
+    prompt_tokens = models.PositiveIntegerField(null=True)
+    completion_tokens = models.PositiveIntegerField(null=True)
+    stream = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-ts"]
+        indexes = [
+            models.Index(fields=["consumer_id", "ts"], name="usage_consumer_ts"),
+            models.Index(fields=["product_id", "ts"], name="usage_product_ts"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.status}"

@@ -1,0 +1,1 @@
+"""Local development stack: the demo upstreams and the process runner of ``make run``."""

@@ -1,0 +1,140 @@
+"""Wire schema shared by the planes; the data plane owns it.
+
+The control plane (``gatewaysync``) builds these documents and the gateway validates
+them on receipt with msgspec, which both decodes and type-checks in one pass (a
+1,000,000-key revision decodes in a fraction of the time a dict walk would take).
+
+Versioning: ``SCHEMA_VERSION`` bumps on any incompatible change; a gateway rejects a
+document whose ``schema`` it does not know.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Literal[1] = 1
+
+ProductKind = Literal["model", "mcp", "agent"]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the gateway sends traffic. ``secret`` is sealed (see ``gateway.secrets``)."""
+
+    vendor: Name
+    base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    secret: str | None = None
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+
+
+class ModelRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A public model name's target: an upstream (by id) and the name it has there."""
+
+    upstream: Name
+    upstream_model: Name
+
+
+class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A published product. ``models`` maps public model names to routes (kind "model")."""
+
+    id: PositiveInt
+    slug: Name
+    kind: ProductKind
+    models: dict[str, ModelRoute] = {}
+
+
+class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits of a subscription; ``None`` means unlimited."""
+
+    id: PositiveInt
+    name: Name
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    tokens_per_day: PositiveInt | None = None
+
+
+class Subscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An approved subscription (only approved ones are compiled in)."""
+
+    id: PositiveInt
+    plan: Plan
+
+
+class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An active consumer and its approved subscriptions, keyed by product slug."""
+
+    id: PositiveInt
+    subscriptions: dict[str, Subscription] = {}
+
+
+class Credential(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A usable key, known only by the SHA-256 of the full key (the dict key)."""
+
+    id: PositiveInt
+    consumer: PositiveInt
+    expires_at: float | None = None  # unix seconds
+
+
+class Revision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything the data plane needs to decide a request."""
+
+    schema: Literal[1]
+    revision: PositiveInt
+    created_at: str
+    upstreams: dict[str, Upstream] = {}
+    products: dict[str, Product] = {}
+    consumers: dict[str, Consumer] = {}
+    credentials: dict[str, Credential] = {}
+
+
+class Delta(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Credential changes from revision ``base`` to ``revision``; nothing else differs."""
+
+    schema: Literal[1]
+    base: PositiveInt
+    revision: PositiveInt
+    created_at: str
+    credentials_upsert: dict[str, Credential] = {}
+    credentials_remove: list[str] = []
+
+
+class UsageEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One gateway call, reported to the control plane.
+
+    ``id`` is unique per event and is the idempotency key of ingestion: an event
+    delivered twice is counted once.
+    """
+
+    id: Annotated[str, msgspec.Meta(min_length=8, max_length=64)]
+    request_id: Annotated[str, msgspec.Meta(max_length=64)]
+    ts: float  # unix seconds when the request arrived
+    status: int
+    latency_ms: float
+    gateway: str = ""
+    route: str = ""
+    consumer: int | None = None
+    credential: int | None = None
+    product: int | None = None
+    model: str | None = None
+    prompt_tokens: NonNegativeInt | None = None
+    completion_tokens: NonNegativeInt | None = None
+    stream: bool = False
+
+
+class UsageBatch(msgspec.Struct, frozen=True):
+    events: list[UsageEvent]
+
+
+class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a gateway process tells the control plane every few seconds."""
+
+    instance_id: Name
+    admin_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    applied_revision: int | None = None
+    version: str = ""
+    pid: int | None = None
+    started_at: float | None = None

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GatewaysyncConfig(AppConfig):
+    name = "gatewaysync"
+    verbose_name = "Gateway sync"

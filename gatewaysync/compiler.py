@@ -1,0 +1,192 @@
+"""Compiling the desired state in the database into a gateway revision document.
+
+The document's schema belongs to the data plane (``gateway.schema``); building the
+structs here means a revision that would not decode on the gateway cannot be made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import cast
+
+import msgspec
+from django.conf import settings
+from django.db.models import Prefetch
+from django.utils import timezone
+
+from catalog.crypto import decrypt_secret
+from catalog.models import Product, Upstream
+from consumers.models import Consumer, Credential, Subscription
+from gateway import schema
+from gateway.secrets import GatewayKeys
+
+_encoder = msgspec.json.Encoder()
+
+
+def gateway_keys() -> GatewayKeys:
+    return GatewayKeys.from_secret(settings.PORTICO_GATEWAY_SECRET)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledState:
+    """A revision's content before it has a number."""
+
+    upstreams: dict[str, schema.Upstream]
+    products: dict[str, schema.Product]
+    consumers: dict[str, schema.Consumer]
+    credentials: dict[str, schema.Credential]
+    content_hash: str
+
+    def to_revision(self, number: int) -> schema.Revision:
+        return schema.Revision(
+            schema=schema.SCHEMA_VERSION,
+            revision=number,
+            created_at=timezone.now().isoformat(),
+            upstreams=self.upstreams,
+            products=self.products,
+            consumers=self.consumers,
+            credentials=self.credentials,
+        )
+
+
+def compile_state() -> CompiledState:
+    """Read the current desired state: published products, active consumers and keys.
+
+    Only what may be used is compiled in: draft or retired products, suspended
+    consumers, subscriptions that are not approved and revoked or expired keys are
+    simply absent, so the gateway refuses them by not knowing them.
+    """
+    keys = gateway_keys()
+    now = timezone.now()
+
+    products = list(
+        Product.objects.filter(status=Product.Status.PUBLISHED)
+        .prefetch_related("model_routes")
+        .order_by("slug")
+    )
+    used_upstreams = {route.upstream_id for p in products for route in p.model_routes.all()}
+    upstreams: dict[str, schema.Upstream] = {}
+    # Fingerprints stand in for sealed secrets in the content hash: sealing uses a fresh
+    # nonce each time, so the sealed form would make every compile look like a change.
+    fingerprints: dict[str, str] = {}
+    for upstream in Upstream.objects.filter(pk__in=used_upstreams).order_by("pk"):
+        sealed = None
+        if upstream.secret_ciphertext:
+            plaintext = decrypt_secret(upstream.secret_ciphertext)
+            sealed = keys.seal(plaintext)
+            fingerprints[str(upstream.pk)] = hmac.new(
+                keys.seal_key, plaintext.encode(), hashlib.sha256
+            ).hexdigest()
+        upstreams[str(upstream.pk)] = schema.Upstream(
+            vendor=upstream.vendor,
+            base_url=upstream.base_url,
+            secret=sealed,
+            timeout_seconds=upstream.timeout_seconds,
+        )
+
+    compiled_products = {
+        p.slug: schema.Product(
+            id=p.pk,
+            slug=p.slug,
+            kind=cast(schema.ProductKind, p.kind),
+            models={
+                route.name: schema.ModelRoute(
+                    upstream=str(route.upstream_id), upstream_model=route.upstream_model
+                )
+                for route in sorted(p.model_routes.all(), key=lambda r: r.name)
+            },
+        )
+        for p in products
+    }
+
+    approved = Subscription.objects.filter(
+        status=Subscription.Status.APPROVED, product__status=Product.Status.PUBLISHED
+    ).select_related("plan", "product")
+    consumers: dict[str, schema.Consumer] = {}
+    for consumer in (
+        Consumer.objects.filter(status=Consumer.Status.ACTIVE)
+        .prefetch_related(Prefetch("subscriptions", queryset=approved, to_attr="approved"))
+        .order_by("pk")
+    ):
+        consumers[str(consumer.pk)] = schema.Consumer(
+            id=consumer.pk,
+            subscriptions={
+                sub.product.slug: schema.Subscription(
+                    id=sub.pk,
+                    plan=schema.Plan(
+                        id=sub.plan.pk,
+                        name=sub.plan.name,
+                        requests_per_minute=sub.plan.requests_per_minute,
+                        tokens_per_minute=sub.plan.tokens_per_minute,
+                        tokens_per_day=sub.plan.tokens_per_day,
+                    ),
+                )
+                for sub in consumer.approved
+            },
+        )
+
+    credentials: dict[str, schema.Credential] = {}
+    rows = (
+        Credential.objects.filter(revoked_at__isnull=True, consumer__status=Consumer.Status.ACTIVE)
+        .exclude(expires_at__lte=now)
+        .order_by("pk")
+        .values_list("key_hash", "pk", "consumer_id", "expires_at")
+    )
+    for key_hash, pk, consumer_id, expires_at in rows.iterator(chunk_size=10_000):
+        credentials[key_hash] = schema.Credential(
+            id=pk,
+            consumer=consumer_id,
+            expires_at=expires_at.timestamp() if expires_at else None,
+        )
+
+    fingerprinted = {
+        uid: msgspec.structs.replace(u, secret=fingerprints.get(uid))
+        for uid, u in upstreams.items()
+    }
+    digest = hashlib.sha256()
+    for part in (fingerprinted, compiled_products, consumers, credentials):
+        digest.update(_encoder.encode(part))
+    return CompiledState(
+        upstreams=upstreams,
+        products=compiled_products,
+        consumers=consumers,
+        credentials=credentials,
+        content_hash=digest.hexdigest(),
+    )
+
+
+def only_credentials_changed(previous: schema.Revision, state: CompiledState) -> bool:
+    """True when ``state`` differs from ``previous`` in credentials alone."""
+    return (
+        _encoder.encode(previous.products) == _encoder.encode(state.products)
+        and _encoder.encode(previous.consumers) == _encoder.encode(state.consumers)
+        and previous.upstreams.keys() == state.upstreams.keys()
+        and all(_same_upstream(previous.upstreams[k], state.upstreams[k]) for k in state.upstreams)
+    )
+
+
+def _same_upstream(a: schema.Upstream, b: schema.Upstream) -> bool:
+    keys = gateway_keys()
+    if (a.secret is None) != (b.secret is None):
+        return False
+    if (
+        a.secret is not None
+        and b.secret is not None
+        and keys.unseal(a.secret) != keys.unseal(b.secret)
+    ):
+        return False
+    return msgspec.structs.replace(a, secret=None) == msgspec.structs.replace(b, secret=None)
+
+
+def credential_delta(previous: schema.Revision, state: CompiledState, number: int) -> schema.Delta:
+    before, after = previous.credentials, state.credentials
+    return schema.Delta(
+        schema=schema.SCHEMA_VERSION,
+        base=previous.revision,
+        revision=number,
+        created_at=timezone.now().isoformat(),
+        credentials_upsert={h: c for h, c in after.items() if before.get(h) != c},
+        credentials_remove=[h for h in before if h not in after],
+    )

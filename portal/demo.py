@@ -1,0 +1,133 @@
+"""The demo data that ``make run`` seeds: a portal, a model product, a developer and a key.
+
+Seeding is idempotent: run again, it finds what it made before and only issues a new
+demo key when the last one can no longer be used (its plaintext is only ever on disk
+in ``var/``, which is local to this install and git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from catalog import services as catalog_services
+from catalog.models import ModelRoute, Plan, Product, Upstream
+from consumers import services as consumer_services
+from consumers.models import Consumer, Credential, Subscription
+from gateway.keys import hash_key
+from portal.models import Portal
+
+DEMO_PRODUCT_SLUG = "demo-chat"
+DEMO_MODEL = "demo-model"
+ADMIN_USERNAME = "admin"
+
+
+@dataclass(frozen=True)
+class DemoSeed:
+    admin_username: str
+    admin_password: str
+    demo_key: str
+    upstream_key: str
+    products: dict[str, str]
+    models: list[str]
+
+
+def _private_file(path: Path) -> dict[str, str]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_private(path: Path, data: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+
+
+@transaction.atomic
+def seed_demo(*, mock_llm_url: str) -> DemoSeed:
+    state_path = Path(settings.VAR_DIR) / "demo-secrets.json"
+    state = _private_file(state_path)
+    user_model = get_user_model()
+
+    admin = user_model.objects.filter(username=ADMIN_USERNAME).first()
+    if admin is None or "admin_password" not in state:
+        state["admin_password"] = secrets.token_urlsafe(12)
+        if admin is None:
+            admin = user_model.objects.create_superuser(
+                ADMIN_USERNAME, "admin@example.com", state["admin_password"]
+            )
+        else:
+            admin.set_password(state["admin_password"])
+            admin.save(update_fields=["password"])
+
+    portal, _ = Portal.objects.get_or_create(
+        slug="demo", defaults={"name": "Portico Demo Portal", "is_default": True}
+    )
+
+    state.setdefault("upstream_key", "sk-mock-" + secrets.token_urlsafe(24))
+    upstream = Upstream.objects.filter(name="Demo mock LLM").first()
+    if upstream is None:
+        upstream = catalog_services.upstream_create(
+            name="Demo mock LLM",
+            base_url=mock_llm_url,
+            vendor=Upstream.Vendor.OPENAI_COMPATIBLE,
+            secret=state["upstream_key"],
+        )
+    elif upstream.base_url != mock_llm_url:
+        upstream.base_url = mock_llm_url
+        upstream.save(update_fields=["base_url", "updated_at"])
+
+    product = Product.objects.filter(slug=DEMO_PRODUCT_SLUG).first()
+    if product is None:
+        product = catalog_services.product_create(
+            name="Demo Chat",
+            slug=DEMO_PRODUCT_SLUG,
+            kind=Product.Kind.MODEL,
+            description="A mock OpenAI-compatible chat model that echoes your last message.",
+        )
+        catalog_services.model_route_create(
+            product=product, name=DEMO_MODEL, upstream=upstream, upstream_model="mock"
+        )
+        catalog_services.plan_create(product=product, name="Free", requests_per_minute=600)
+    catalog_services.product_publish(product=product, portals=[portal])
+    plan = Plan.objects.get(product=product, name="Free")
+
+    developer, _ = user_model.objects.get_or_create(
+        username="demo-developer", defaults={"email": "developer@example.com"}
+    )
+    consumer = Consumer.objects.filter(owner=developer, name="Demo App").first()
+    if consumer is None:
+        consumer = consumer_services.consumer_create(owner=developer, name="Demo App")
+    subscription = Subscription.objects.filter(
+        consumer=consumer, product=product, status__in=["pending", "approved"]
+    ).first()
+    if subscription is None:
+        subscription = consumer_services.subscription_create(
+            consumer=consumer, product=product, plan=plan
+        )
+    if subscription.status == Subscription.Status.PENDING:
+        consumer_services.subscription_approve(subscription=subscription)
+
+    key = state.get("demo_key", "")
+    usable = Credential.objects.filter(
+        key_hash=hash_key(key), revoked_at__isnull=True, expires_at__isnull=True
+    ).exists()
+    if not usable:
+        key = consumer_services.credential_create(consumer=consumer, name="Demo key").key
+        state["demo_key"] = key
+    _write_private(state_path, state)
+    return DemoSeed(
+        admin_username=ADMIN_USERNAME,
+        admin_password=state["admin_password"],
+        demo_key=key,
+        upstream_key=state["upstream_key"],
+        products={"model": product.slug},
+        models=list(ModelRoute.objects.filter(product=product).values_list("name", flat=True)),
+    )

@@ -1,0 +1,82 @@
+"""Shared fixtures: personas (owner, another developer, staff, anonymous) and a catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth.models import AnonymousUser, User
+
+from catalog import services as catalog_services
+from catalog.models import Plan, Product, Upstream
+from consumers import services as consumer_services
+from consumers.models import Consumer, Subscription
+from portal.models import Portal
+
+
+@dataclass
+class Catalog:
+    portal: Portal
+    upstream: Upstream
+    product: Product
+    plan: Plan
+
+
+@pytest.fixture
+def owner(db: None) -> User:
+    return User.objects.create_user("alice", "alice@example.com", "alice-password-1")
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    return User.objects.create_user("mallory", "mallory@example.com", "mallory-password-1")
+
+
+@pytest.fixture
+def staff(db: None) -> User:
+    return User.objects.create_superuser("root", "root@example.com", "root-password-1")
+
+
+@pytest.fixture
+def anonymous() -> AnonymousUser:
+    return AnonymousUser()
+
+
+def make_catalog(*, base_url: str = "http://127.0.0.1:9/v1", slug: str = "chat") -> Catalog:
+    portal, _ = Portal.objects.get_or_create(
+        slug="main", defaults={"name": "Main", "is_default": True}
+    )
+    upstream = catalog_services.upstream_create(
+        name=f"upstream-{slug}", base_url=base_url, secret="sk-upstream-" + "x" * 24
+    )
+    product = catalog_services.product_create(name=slug.title(), slug=slug, kind="model")
+    catalog_services.model_route_create(
+        product=product, name=f"{slug}-model", upstream=upstream, upstream_model="mock"
+    )
+    plan = catalog_services.plan_create(product=product, name="Free", requests_per_minute=60)
+    catalog_services.product_publish(product=product, portals=[portal])
+    return Catalog(portal=portal, upstream=upstream, product=product, plan=plan)
+
+
+@pytest.fixture
+def catalog(db: None) -> Catalog:
+    return make_catalog()
+
+
+@pytest.fixture
+def consumer(owner: User) -> Consumer:
+    return consumer_services.consumer_create(owner=owner, name="Alice's app")
+
+
+@pytest.fixture
+def subscription(consumer: Consumer, catalog: Catalog) -> Subscription:
+    sub = consumer_services.subscription_create(
+        consumer=consumer, product=catalog.product, plan=catalog.plan
+    )
+    return consumer_services.subscription_approve(subscription=sub)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):  # type: ignore[no-untyped-def]
+    # PBKDF2's deliberate slowness protects real passwords, not test personas.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
