@@ -4,11 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast check fmt venv clean
+.PHONY: run test test-fast check fmt venv lock clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes \
+		-r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -16,6 +17,9 @@ venv: $(STAMP)
 ## Bring up portal, worker, beat, gateway and the demo upstreams on the embedded defaults.
 run: $(STAMP)
 	$(BIN)/python -m devstack
+
+# Tests keep their own state (secrets, broker folder, SQLite files) apart from `make run`'s.
+test test-fast: export PORTICO_VAR_DIR ?= $(CURDIR)/var/test
 
 ## The whole test suite: lint and types first, then every test.
 test: $(STAMP) check
@@ -34,6 +38,14 @@ check: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+LOCK := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-strip-extras \
+	--no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+
+## Re-resolve the pinned, hashed requirement sets from requirements*.in.
+lock: $(STAMP)
+	$(LOCK) --output-file requirements.txt requirements.in
+	$(LOCK) --output-file requirements-dev.txt requirements-dev.in
 
 clean:
 	rm -rf var/log var/celery var/gateway

@@ -13,7 +13,14 @@ class CredentialInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = ["name", "display_prefix", "created_at", "expires_at", "last_used_at", "revoked_at"]
-    readonly_fields = ["name", "display_prefix", "created_at", "expires_at", "last_used_at"]
+    readonly_fields = [
+        "name",
+        "display_prefix",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
 
     def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
         # Keys are issued to developers in the portal, where they are shown once.

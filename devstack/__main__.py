@@ -9,6 +9,7 @@ until Ctrl-C (or SIGTERM), when it stops every process and exits 0.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import django
 import httpx
@@ -30,6 +31,9 @@ from devstack.portico import (
     start_worker,
 )
 from devstack.procs import ServiceFailed, Stack, wait_until
+
+if TYPE_CHECKING:
+    from portal.demo import DemoSeed
 
 
 def _env_port(name: str, default: int) -> int:
@@ -52,6 +56,8 @@ def _demo_call_works(gateway_url: str, key: str, model: str) -> bool:
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
+    # The readiness polls are not news; the processes' own logs are in var/log/.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from django.conf import settings
     from django.core.management import call_command
 
@@ -99,35 +105,46 @@ def main() -> int:
             interval=0.5,
             what="the demo revision to reach the gateway",
         )
-        if stopping.is_set():
-            return 0
-        demo = {
-            "portal_url": ports.portal_url,
-            "admin_url": f"{ports.portal_url}/admin/",
-            "gateway_url": ports.gateway_url,
-            "admin": {"username": seed.admin_username, "password": seed.admin_password},
-            "demo_key": seed.demo_key,
-            "products": seed.products,
-            "models": seed.models,
-            "logs": str(stack.log_dir),
-        }
-        fd = os.open(demo_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(demo, handle, indent=2)
-        print(_banner(demo, model), flush=True)
+        if not stopping.is_set():
+            _announce(stack, ports, seed, demo_file, model)
         while not stopping.wait(1.0):
             stack.check_alive()
     except (ServiceFailed, TimeoutError) as exc:
-        print(f"\nPortico could not start: {exc}", file=sys.stderr, flush=True)
+        print(f"\nPortico stopped: {exc}", file=sys.stderr, flush=True)
         stack.stop_all()
         return 1
     print("\nStopping…", flush=True)
     codes = stack.stop_all()
-    print("Stopped: " + ", ".join(f"{name} ({code})" for name, code in codes.items()), flush=True)
-    return 0
+    # uvicorn re-raises the signal it shut down on, so -SIGTERM is a clean stop too.
+    clean = {0, -signal.SIGTERM}
+    print(
+        "Stopped: "
+        + ", ".join(f"{n} ({'ok' if c in clean else f'exit {c}'})" for n, c in codes.items()),
+        flush=True,
+    )
+    return 0 if all(code in clean for code in codes.values()) else 1
 
 
-def _banner(demo: Mapping[str, Any], model: str) -> str:
+def _announce(stack: Stack, ports: Ports, seed: DemoSeed, demo_file: Path, model: str) -> None:
+    """Print how to use the running system and write the same to ``demo_file``."""
+    demo = {
+        "portal_url": ports.portal_url,
+        "admin_url": f"{ports.portal_url}/admin/",
+        "gateway_url": ports.gateway_url,
+        "admin": {"username": seed.admin_username, "password": seed.admin_password},
+        "demo_key": seed.demo_key,
+        "products": seed.products,
+        "models": seed.models,
+        "logs": str(stack.log_dir),
+    }
+    demo_path = str(demo_file)
+    fd = os.open(demo_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(demo, handle, indent=2)
+    print(_banner(demo, model, demo_path), flush=True)
+
+
+def _banner(demo: Mapping[str, Any], model: str, demo_path: str) -> str:
     admin = demo["admin"]
     assert isinstance(admin, dict)
     return f"""
@@ -144,7 +161,7 @@ Call the demo model through the gateway with the demo key:
     -H "Content-Type: application/json" \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello, Portico"}}]}}'
 
-The same details are in var/demo.json; logs are in {demo["logs"]}.
+The same details are in {demo_path}; logs are in {demo["logs"]}.
 Press Ctrl-C to stop.
 """
 

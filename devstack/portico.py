@@ -47,6 +47,8 @@ def start_portal(stack: Stack, ports: Ports, env: Mapping[str, str] | None = Non
         "--port",
         str(ports.portal),
         "--no-access-log",
+        "--lifespan",
+        "off",
     ]
     return stack.start("portal", argv, env=env, ready_url=f"{ports.portal_url}/healthz")
 

@@ -57,7 +57,11 @@ class GatewayHeartbeatApi(_GatewayApi):
         beat: schema.Heartbeat = self.decode(request, schema.Heartbeat)
         instance = services.instance_heartbeat(beat=beat)
         latest = selectors.revision_latest_number()
-        if latest is not None and instance.applied_revision != latest:
+        applied = instance.applied_revision
+        if applied is not None and (latest is None or applied > latest):
+            # The gateway is ahead of this database; see services.revision_publish.
+            services.gateway_changed()
+        elif latest is not None and applied != latest:
             from gatewaysync.tasks import revision_deliver_task
 
             transaction.on_commit(lambda: revision_deliver_task.delay(instance.pk))

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import msgspec
 from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from gateway import schema
@@ -55,13 +56,17 @@ def revision_publish(*, keep: int) -> Revision | None:
     """
     _lock_publishing()
     latest = Revision.objects.order_by("-number").first()
+    # A gateway may hold a number this database never issued (the database was
+    # restored from a backup, or emptied): numbering continues above it, or that
+    # gateway would refuse every later revision as stale.
+    floor = GatewayInstance.objects.aggregate(top=Max("applied_revision"))["top"] or 0
     state = compiler.compile_state()
-    if latest is not None and latest.content_hash == state.content_hash:
+    if latest is not None and latest.content_hash == state.content_hash and latest.number >= floor:
         return None
-    number = (latest.number if latest else 0) + 1
+    number = max(latest.number if latest else 0, floor) + 1
     doc = state.to_revision(number)
     delta = None
-    if latest is not None:
+    if latest is not None and latest.number == number - 1:
         previous = decode_revision(bytes(latest.document))
         if compiler.only_credentials_changed(previous, state):
             delta = encode(compiler.credential_delta(previous, state, number))

@@ -77,6 +77,6 @@ def subscription(consumer: Consumer, catalog: Catalog) -> Subscription:
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):  # type: ignore[no-untyped-def]
+def _fast_password_hashing(settings):
     # PBKDF2's deliberate slowness protects real passwords, not test personas.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

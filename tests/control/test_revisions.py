@@ -125,3 +125,22 @@ def test_publish_is_scheduled_once_per_transaction(db, django_capture_on_commit_
         catalog_services.plan_create(product=product, name="Free")
         catalog_services.product_publish(product=product, portals=[])
     assert len(callbacks) == 1
+
+
+def test_numbering_continues_above_what_a_gateway_already_applied(subscription):
+    # As after restoring the database from a backup: a gateway reports revision 41.
+    from django.utils import timezone
+
+    from gatewaysync.models import GatewayInstance
+
+    publish()
+    GatewayInstance.objects.create(
+        instance_id="gw",
+        admin_url="http://127.0.0.1:1",
+        applied_revision=41,
+        last_seen_at=timezone.now(),
+    )
+    rev = publish()
+    assert rev is not None
+    assert rev.number == 42
+    assert rev.delta is None  # its predecessor is not 41, so no delta can be trusted

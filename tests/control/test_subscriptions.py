@@ -7,7 +7,9 @@ from consumers.models import Subscription
 
 
 def test_subscription_starts_pending_and_is_approved(consumer, catalog):
-    sub = services.subscription_create(consumer=consumer, product=catalog.product, plan=catalog.plan)
+    sub = services.subscription_create(
+        consumer=consumer, product=catalog.product, plan=catalog.plan
+    )
     assert sub.status == Subscription.Status.PENDING
     services.subscription_approve(subscription=sub)
     sub.refresh_from_db()
@@ -16,7 +18,9 @@ def test_subscription_starts_pending_and_is_approved(consumer, catalog):
 
 
 def test_rejection_keeps_the_reason(consumer, catalog):
-    sub = services.subscription_create(consumer=consumer, product=catalog.product, plan=catalog.plan)
+    sub = services.subscription_create(
+        consumer=consumer, product=catalog.product, plan=catalog.plan
+    )
     services.subscription_reject(subscription=sub, reason="Tell us about your use case.")
     sub.refresh_from_db()
     assert sub.status == Subscription.Status.REJECTED

@@ -1,0 +1,95 @@
+"""Real processes for the end-to-end tests: mock LLM, portal, Celery worker and beat,
+gateway — against the test database and the configured broker (Redis when REDIS_URL
+is set, else the file-system broker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from devstack.portico import (
+    Ports,
+    start_beat,
+    start_gateway,
+    start_mock_llm,
+    start_portal,
+    start_worker,
+)
+from devstack.procs import Stack, free_port
+
+UPSTREAM_KEY = "sk-e2e-upstream-" + "u" * 24
+
+
+def _test_database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db.get("USER") or "", safe="")
+    password = quote(db.get("PASSWORD") or "", safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = db.get("HOST") or "localhost"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{auth}{host}{port}/{db['NAME']}"
+
+
+@dataclass
+class E2EStack:
+    stack: Stack
+    ports: Ports
+    env: dict[str, str]
+    mock_llm_url: str
+    beat_schedule: str
+
+    def start_control_plane(self) -> None:
+        start_portal(self.stack, self.ports)
+        start_worker(self.stack)
+        start_beat(self.stack, self.beat_schedule)
+
+    def stop_control_plane(self) -> None:
+        for name in ("beat", "worker", "portal"):
+            self.stack.services.pop(name).stop()
+
+    def restart_gateway(self) -> None:
+        self.stack.services.pop("gateway").stop()
+        start_gateway(self.stack, self.ports, self.env)
+
+
+@pytest.fixture(scope="session")
+def e2e_stack(
+    django_db_setup: None, django_db_blocker: pytest.FixtureRequest, tmp_path_factory
+) -> Iterator[E2EStack]:
+    tmp: Path = tmp_path_factory.mktemp("e2e")
+    ports = Ports(portal=free_port(), gateway=free_port(), mock_llm=free_port())
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        database_url = _test_database_url()
+    env = {
+        "DATABASE_URL": database_url,
+        "PORTICO_VAR_DIR": str(settings.VAR_DIR),
+        "PORTICO_GATEWAY_SECRET": settings.PORTICO_GATEWAY_SECRET,
+        "PORTICO_GATEWAY_STATE_DIR": str(tmp / "gateway"),
+        "PORTICO_GATEWAY_HEARTBEAT_SECONDS": "1",
+        "PORTICO_GATEWAY_USAGE_FLUSH_SECONDS": "0.5",
+        "PORTICO_RECONCILE_SECONDS": "1",
+    }
+    stack = Stack(log_dir=tmp / "log")
+    stack.base_env = {**stack.base_env, **env}
+    e2e = E2EStack(
+        stack=stack,
+        ports=ports,
+        env=env,
+        mock_llm_url=ports.mock_llm_url,
+        beat_schedule=str(tmp / "beat-schedule"),
+    )
+    try:
+        start_mock_llm(stack, ports, require_key=UPSTREAM_KEY)
+        e2e.start_control_plane()
+        start_gateway(stack, ports)
+        yield e2e
+    finally:
+        stack.stop_all()
