@@ -42,12 +42,18 @@ def anonymous() -> AnonymousUser:
     return AnonymousUser()
 
 
-def make_catalog(*, base_url: str = "http://127.0.0.1:9/v1", slug: str = "chat") -> Catalog:
+def make_catalog(
+    *,
+    base_url: str = "http://127.0.0.1:9/v1",
+    slug: str = "chat",
+    secret: str = "sk-upstream-" + "x" * 24,
+) -> Catalog:
+    """A published model product ``slug`` routing ``<slug>-model`` to ``base_url``."""
     portal, _ = Portal.objects.get_or_create(
         slug="main", defaults={"name": "Main", "is_default": True}
     )
     upstream = catalog_services.upstream_create(
-        name=f"upstream-{slug}", base_url=base_url, secret="sk-upstream-" + "x" * 24
+        name=f"upstream-{slug}", base_url=base_url, secret=secret
     )
     product = catalog_services.product_create(name=slug.title(), slug=slug, kind="model")
     catalog_services.model_route_create(
@@ -56,6 +62,16 @@ def make_catalog(*, base_url: str = "http://127.0.0.1:9/v1", slug: str = "chat")
     plan = catalog_services.plan_create(product=product, name="Free", requests_per_minute=60)
     catalog_services.product_publish(product=product, portals=[portal])
     return Catalog(portal=portal, upstream=upstream, product=product, plan=plan)
+
+
+def make_subscribed_app(*, owner: User, catalog: Catalog, name: str = "app") -> Consumer:
+    """An app of ``owner`` with an approved subscription to ``catalog``'s product."""
+    app = consumer_services.consumer_create(owner=owner, name=name)
+    sub = consumer_services.subscription_create(
+        consumer=app, product=catalog.product, plan=catalog.plan
+    )
+    consumer_services.subscription_approve(subscription=sub)
+    return app
 
 
 @pytest.fixture

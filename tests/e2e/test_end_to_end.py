@@ -13,11 +13,10 @@ import httpx
 import openai
 import pytest
 
-from catalog import services as catalog_services
 from consumers import services as consumer_services
 from consumers.models import UsageRecord
 from gatewaysync.models import GatewayInstance, Revision
-from portal.models import Portal
+from tests.conftest import make_catalog, make_subscribed_app
 from tests.e2e.conftest import UPSTREAM_KEY, E2EStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -44,20 +43,10 @@ def test_key_issued_in_the_control_plane_works_through_the_gateway_until_revoked
     e2e_stack: E2EStack, django_user_model
 ):
     gateway_url = e2e_stack.ports.gateway_url
-    portal = Portal.objects.create(name="E2E", slug="e2e", is_default=True)
-    upstream = catalog_services.upstream_create(
-        name="mock", base_url=e2e_stack.mock_llm_url, secret=UPSTREAM_KEY
-    )
-    product = catalog_services.product_create(name="Chat", slug="e2e-chat", kind="model")
-    catalog_services.model_route_create(
-        product=product, name="e2e-model", upstream=upstream, upstream_model="mock"
-    )
-    plan = catalog_services.plan_create(product=product, name="Free")
-    catalog_services.product_publish(product=product, portals=[portal])
+    catalog = make_catalog(base_url=e2e_stack.mock_llm_url, slug="e2e", secret=UPSTREAM_KEY)
+    product = catalog.product
     developer = django_user_model.objects.create_user("dev", "dev@example.com", "pw-dev-12345")
-    app = consumer_services.consumer_create(owner=developer, name="app")
-    sub = consumer_services.subscription_create(consumer=app, product=product, plan=plan)
-    consumer_services.subscription_approve(subscription=sub)
+    app = make_subscribed_app(owner=developer, catalog=catalog)
     doomed = consumer_services.credential_create(consumer=app, name="doomed")
     spare = consumer_services.credential_create(consumer=app, name="spare")
 
@@ -127,19 +116,9 @@ def test_gateway_restarted_with_the_control_plane_down_serves_its_last_revision(
     e2e_stack: E2EStack, django_user_model
 ):
     gateway_url = e2e_stack.ports.gateway_url
-    upstream = catalog_services.upstream_create(
-        name="mock-lkg", base_url=e2e_stack.mock_llm_url, secret=UPSTREAM_KEY
-    )
-    product = catalog_services.product_create(name="LKG", slug="lkg-chat", kind="model")
-    catalog_services.model_route_create(
-        product=product, name="lkg-model", upstream=upstream, upstream_model="mock"
-    )
-    plan = catalog_services.plan_create(product=product, name="Free")
-    catalog_services.product_publish(product=product, portals=[])
+    catalog = make_catalog(base_url=e2e_stack.mock_llm_url, slug="lkg", secret=UPSTREAM_KEY)
     developer = django_user_model.objects.create_user("dev2", "dev2@example.com", "pw-dev-12345")
-    app = consumer_services.consumer_create(owner=developer, name="app")
-    sub = consumer_services.subscription_create(consumer=app, product=product, plan=plan)
-    consumer_services.subscription_approve(subscription=sub)
+    app = make_subscribed_app(owner=developer, catalog=catalog)
     issued = consumer_services.credential_create(consumer=app, name="k")
     eventually(
         lambda: models_status(gateway_url, issued.key) == 200, "the key to reach the gateway"
