@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast check fmt venv lock clean
+.PHONY: run test test-fast check fmt venv lock bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,3 +49,7 @@ lock: $(STAMP)
 
 clean:
 	rm -rf var/log var/celery var/gateway
+
+## Benchmarks (bench/): the gateway against a bare aiohttp proxy; writes bench/results/<date>.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench

@@ -96,3 +96,12 @@ def subscription(consumer: Consumer, catalog: Catalog) -> Subscription:
 def _fast_password_hashing(settings):
     # PBKDF2's deliberate slowness protects real passwords, not test personas.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from django.conf import settings
+
+    return [
+        f"portico database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}",
+        f"portico broker: {'redis' if settings.REDIS_URL else 'file-system'}",
+    ]

@@ -1,0 +1,1 @@
+"""Benchmark harness: `python -m bench` (or `make bench`) measures and records figures."""

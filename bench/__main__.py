@@ -1,0 +1,444 @@
+"""``python -m bench``: measure the gateway against its ceiling, and record the figures.
+
+Method. Every server runs as one process. The server under test is pinned to core 0;
+the mock upstream and wrk (one thread) share core 1, so the figures are per core of
+the server under test. Each target is measured non-streaming and with 20-chunk
+streams, at 1 connection (latency) and 50 connections (throughput), for ``--runs``
+runs of ``--duration`` seconds after a warm-up; the report gives min/median/max over
+runs. CPU per request is the server process's user+system CPU time over the run
+divided by the requests wrk completed.
+
+Targets:
+- ``direct``: wrk straight at the mock upstream (what the upstream alone can do);
+- ``bare``: ``bench/bare_proxy.py``, a raw-ASGI proxy with one aiohttp session and no
+  policy — the ceiling for a Python proxy here;
+- ``gateway``: ``python -m gateway`` with a pushed revision, key authentication,
+  subscription check, usage events to a Redis stream (when ``redis-server`` is
+  installed; else to the disk spool) — the full path an app's call takes today.
+
+Writes ``bench/results/<date>.md`` and prints its summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from devstack.procs import PYTHON, Stack, free_port, wait_until
+from gateway import schema
+from gateway.keys import generate_key, hash_key
+from gateway.revision import encode
+from gateway.secrets import GatewayKeys
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SCENARIOS = {
+    # name: (upstream model, public model on the gateway, stream)
+    "non-stream": ("mock", "bench", False),
+    "stream-20": ("mock-chunks-20", "bench-stream", True),
+}
+CONCURRENCY = (1, 50)
+
+
+@dataclass
+class Run:
+    steal_pct: float
+    rps: float
+    requests: int
+    non_2xx: int
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float | None
+
+
+@dataclass
+class Result:
+    target: str
+    scenario: str
+    connections: int
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        values = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    def spread(self, attr: str) -> tuple[float, float, float]:
+        values = [getattr(r, attr) for r in self.runs]
+        return min(values), statistics.median(values), max(values)
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk is missing; installing it with apt-get…", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk could not be installed")
+    return found
+
+
+def pin(pid: int, core: int) -> None:
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(pid, {core})
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk_script(path: Path, body: dict[str, object], key: str | None) -> None:
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(json.dumps(body))}",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    if key:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {key}"')
+    path.write_text("\n".join(lines) + "\n")
+
+
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[7], sum(values)
+
+
+def run_wrk(
+    wrk: str, url: str, script: Path, connections: int, duration: int, server_pid: int
+) -> Run:
+    before = cpu_seconds(server_pid)
+    steal_before, total_before = cpu_times()
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
+    completed = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: pin(0, 1),
+    )
+    after = cpu_seconds(server_pid)
+    steal_after, total_after = cpu_times()
+    out = completed.stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non_2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, flags=re.MULTILINE))
+    return Run(
+        # Time the hypervisor gave to other guests: figures taken under high steal are
+        # noise, so every run reports it.
+        steal_pct=100.0 * (steal_after - steal_before) / max(1, total_after - total_before),
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        requests=requests,
+        non_2xx=int(non_2xx_match.group(1)) if non_2xx_match else 0,
+        p50_ms=_ms(latency["50"]),
+        p99_ms=_ms(latency["99"]),
+        cpu_us_per_request=(after - before) * 1e6 / requests if requests else None,
+    )
+
+
+def bench_revision(keys: GatewayKeys, mock_url: str, upstream_key: str, app_key: str) -> bytes:
+    plan = schema.Plan(id=1, name="Bench")
+    doc = schema.Revision(
+        schema=1,
+        revision=1,
+        created_at=dt.datetime.now(dt.UTC).isoformat(),
+        upstreams={
+            "mock": schema.Upstream(
+                vendor="openai", base_url=mock_url, secret=keys.seal(upstream_key)
+            )
+        },
+        products={
+            "bench": schema.Product(
+                id=1,
+                slug="bench",
+                kind="model",
+                models={
+                    public: schema.ModelRoute(upstream="mock", upstream_model=upstream)
+                    for upstream, public, _ in SCENARIOS.values()
+                },
+            )
+        },
+        consumers={
+            "1": schema.Consumer(
+                id=1, subscriptions={"bench": schema.Subscription(id=1, plan=plan)}
+            )
+        },
+        credentials={hash_key(app_key): schema.Credential(id=1, consumer=1)},
+    )
+    return encode(doc)
+
+
+def versions() -> str:
+    names = ["uvicorn", "uvloop", "httptools", "aiohttp", "orjson", "msgspec"]
+    return ", ".join(f"{n} {importlib.metadata.version(n)}" for n in names)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Portico gateway benchmarks")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="report path")
+    parser.add_argument(
+        "--targets", default="direct,bare,gateway", help="comma-separated subset to measure"
+    )
+    parser.add_argument("--no-redis", action="store_true", help="gateway usage to the disk spool")
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    tmp = Path(tempfile.mkdtemp(prefix="portico-bench-"))
+    stack = Stack(log_dir=tmp / "log")
+    keys_secret = secrets.token_urlsafe(48)
+    keys = GatewayKeys.from_secret(keys_secret)
+    upstream_key = "sk-bench-" + secrets.token_urlsafe(16)
+    app_key = generate_key()
+    mock_port, bare_port, gw_port, admin_port = (free_port() for _ in range(4))
+    results: list[Result] = []
+    usage_sink = "disk spool (no redis-server found)"
+    try:
+        mock = stack.start(
+            "mock",
+            [
+                PYTHON,
+                "-m",
+                "devstack.mock_llm",
+                "--port",
+                str(mock_port),
+                "--require-key",
+                upstream_key,
+            ],
+            ready_url=f"http://127.0.0.1:{mock_port}/v1/models",
+        )
+        pin(mock.process.pid, 1)
+        gateway_env = {
+            "PORTICO_GATEWAY_SECRET": keys_secret,
+            "PORTICO_GATEWAY_PORT": str(gw_port),
+            "PORTICO_GATEWAY_ADMIN_PORT": str(admin_port),
+            "PORTICO_GATEWAY_STATE_DIR": str(tmp / "gateway"),
+            "PORTICO_CONTROL_PLANE_URL": f"http://127.0.0.1:{free_port()}",
+            "PORTICO_LOG_LEVEL": "WARNING",
+        }
+        if shutil.which("redis-server") and not args.no_redis:
+            redis_port = free_port()
+            stack.start(
+                "redis",
+                ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+            )
+            time.sleep(0.5)
+            gateway_env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            usage_sink = "Redis stream (local redis-server)"
+        gateway = stack.start(
+            "gateway",
+            [PYTHON, "-m", "gateway"],
+            env=gateway_env,
+            ready_url=f"http://127.0.0.1:{gw_port}/healthz",
+        )
+        pin(gateway.process.pid, 0)
+        pushed = httpx.put(
+            f"http://127.0.0.1:{admin_port}/revision",
+            content=bench_revision(keys, f"http://127.0.0.1:{mock_port}/v1", upstream_key, app_key),
+            headers={"Authorization": f"Bearer {keys.auth_token}"},
+        )
+        pushed.raise_for_status()
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{gw_port}/readyz").status_code == 200,
+            timeout=10,
+            what="the gateway to apply the bench revision",
+        )
+        bare = stack.start(
+            "bare",
+            [
+                PYTHON,
+                "-m",
+                "bench.bare_proxy",
+                "--port",
+                str(bare_port),
+                "--upstream",
+                f"http://127.0.0.1:{mock_port}",
+                "--key",
+                upstream_key,
+            ],
+        )
+        wait_until(lambda: _listening(bare_port), timeout=15, what="the bare proxy")
+        pin(bare.process.pid, 0)
+
+        targets = {
+            "direct": (
+                f"http://127.0.0.1:{mock_port}/v1/chat/completions",
+                mock.process.pid,
+                False,
+            ),
+            "bare": (f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare.process.pid, False),
+            "gateway": (
+                f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                gateway.process.pid,
+                True,
+            ),
+        }
+        for scenario, (upstream_model, public_model, stream) in SCENARIOS.items():
+            for target, (url, pid, via_gateway) in targets.items():
+                if target not in args.targets.split(","):
+                    continue
+                body: dict[str, object] = {
+                    "model": public_model if via_gateway else upstream_model,
+                    "messages": [{"role": "user", "content": "Say something short."}],
+                }
+                if stream:
+                    body["stream"] = True
+                script = tmp / f"{target}-{scenario}.lua"
+                # Straight at the mock, wrk presents the upstream key itself; the bare
+                # proxy adds it as the gateway does.
+                wrk_script(script, body, app_key if via_gateway else upstream_key)
+                run_wrk(wrk, url, script, 10, 1, pid)  # warm-up
+                for connections in CONCURRENCY:
+                    result = Result(target, scenario, connections)
+                    for _ in range(args.runs):
+                        result.runs.append(
+                            run_wrk(wrk, url, script, connections, args.duration, pid)
+                        )
+                    results.append(result)
+                    print(_line(result), flush=True)
+    finally:
+        stack.stop_all()
+    report = render(results, args, usage_sink)
+    out = args.out or RESULTS / f"{dt.date.today().isoformat()}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"\nwrote {out}")
+    print(summary(results))
+    return 0
+
+
+def _listening(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _line(r: Result) -> str:
+    lo, med, hi = r.spread("rps")
+    errors = sum(x.non_2xx for x in r.runs)
+    return (
+        f"{r.target:8} {r.scenario:10} c={r.connections:<3} req/s {med:9.0f} ({lo:.0f} to {hi:.0f})"
+        f"  p50 {r.median('p50_ms'):.3f} ms  p99 {r.median('p99_ms'):.3f} ms"
+        f"  cpu/req {r.median('cpu_us_per_request'):.0f} us  non-2xx {errors}"
+        f"  steal {r.median('steal_pct'):.0f}%"
+    )
+
+
+def _find(results: list[Result], target: str, scenario: str, connections: int) -> Result | None:
+    for r in results:
+        if (r.target, r.scenario, r.connections) == (target, scenario, connections):
+            return r
+    return None
+
+
+def summary(results: list[Result]) -> str:
+    rows = [
+        "| target | non-stream req/s (c=50) | 20-chunk streams/s (c=50) "
+        "| CPU per request (non-stream, c=50) | p50 at c=1 | p99 at c=1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for target in ("direct", "bare", "gateway"):
+        ns = _find(results, target, "non-stream", 50)
+        st = _find(results, target, "stream-20", 50)
+        c1 = _find(results, target, "non-stream", 1)
+        if not (ns and st and c1):
+            continue
+        rows.append(
+            f"| {target} | {ns.median('rps'):,.0f} | {st.median('rps'):,.0f} | "
+            f"{ns.median('cpu_us_per_request'):.0f} µs | {c1.median('p50_ms') * 1000:.0f} µs | "
+            f"{c1.median('p99_ms') * 1000:.0f} µs |"
+        )
+    gw, bare = _find(results, "gateway", "non-stream", 50), _find(results, "bare", "non-stream", 50)
+    if gw and bare:
+        rows.append("")
+        rows.append(
+            f"Gateway / bare proxy throughput (non-stream, c=50): "
+            f"{gw.median('rps') / bare.median('rps'):.0%}"
+        )
+    return "\n".join(rows)
+
+
+def render(results: list[Result], args: argparse.Namespace, usage_sink: str) -> str:
+    lines = [
+        f"# Benchmark results, {dt.date.today().isoformat()}",
+        "",
+        f"- machine: {os.cpu_count()} cores ({cpu_model()}), "
+        f"Python {platform.python_version()}, {platform.platform()}",
+        f"- versions: {versions()}",
+        f"- method: see `bench/__main__.py`; {args.runs} runs of {args.duration} s per cell "
+        "after a 1 s warm-up; server under test pinned to core 0, mock and wrk (1 thread) "
+        "on core 1",
+        f"- gateway usage sink: {usage_sink}",
+        "- steal: share of the machine's CPU time the hypervisor gave to other guests during "
+        "the run; figures taken under high steal understate what the code can do",
+        "",
+        "## Summary (medians)",
+        "",
+        summary(results),
+        "",
+        "## Every cell (min / median / max over runs)",
+        "",
+        "| target | scenario | connections | req/s | p50 ms | p99 ms | CPU µs/request | non-2xx "
+        "| steal % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lo, med, hi = r.spread("rps")
+        p50 = r.spread("p50_ms")
+        p99 = r.spread("p99_ms")
+        cpu = [x.cpu_us_per_request or 0.0 for x in r.runs]
+        cells = [
+            r.target,
+            r.scenario,
+            str(r.connections),
+            f"{lo:.0f} / {med:.0f} / {hi:.0f}",
+            " / ".join(f"{v:.3f}" for v in p50),
+            " / ".join(f"{v:.3f}" for v in p99),
+            f"{min(cpu):.0f} / {statistics.median(cpu):.0f} / {max(cpu):.0f}",
+            str(sum(x.non_2xx for x in r.runs)),
+            " / ".join(f"{x.steal_pct:.0f}" for x in r.runs),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
