@@ -121,7 +121,7 @@ class AdminListener:
             except RevisionError as exc:
                 log.warning("rejected revision push: %s", exc)
                 return _json(400, {"error": str(exc), "applied": applied})
-            await self._swap(revision, raw)
+            await self._swap(revision, raw, "revision")
             return _json(200, {"applied": revision.number})
 
     async def _post_delta(self, request: web.Request) -> web.Response:
@@ -140,13 +140,13 @@ class AdminListener:
                 log.warning("rejected delta push: %s", exc)
                 return _json(400, {"error": str(exc), "applied": applied})
             # Requests switch over before the (possibly large) document is re-encoded.
-            await self._swap(revision, None)
+            await self._swap(revision, None, "delta")
             return _json(200, {"applied": revision.number})
 
-    async def _swap(self, revision: AppliedRevision, raw: bytes | None) -> None:
+    async def _swap(self, revision: AppliedRevision, raw: bytes | None, kind: str) -> None:
         previous = self._store.number
         self._store.current = revision
-        log.info("applied revision %d (was %s)", revision.number, previous)
+        log.info("applied %s %d (was %s)", kind, revision.number, previous)
         try:
             if raw is None:
                 raw = await asyncio.to_thread(encode, revision.doc)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import redis
 from django.contrib.auth.models import AnonymousUser, User
 
 from catalog import services as catalog_services
 from catalog.models import Plan, Product, Upstream
 from consumers import services as consumer_services
 from consumers.models import Consumer, Subscription
+from devstack.procs import Stack, free_port, wait_until
 from portal.models import Portal
 
 
@@ -105,3 +108,28 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"portico database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}",
         f"portico broker: {'redis' if settings.REDIS_URL else 'file-system'}",
     ]
+
+
+@pytest.fixture
+def redis_url(tmp_path) -> Iterator[str]:
+    """A private redis-server on a free port (the binary CI installs)."""
+    port = free_port()
+    stack = Stack(log_dir=tmp_path / "redis-log")
+    stack.start(
+        "redis",
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+    )
+    client = redis.Redis(port=port, socket_timeout=2)
+
+    def pings() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(pings, timeout=10, what="redis-server to answer")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        stack.stop_all()
