@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Count
 
 from catalog import services
-from catalog.models import ModelRoute, Plan, Product, Upstream
+from catalog.models import MAX_TAG_LENGTH, MAX_TAGS, Category, ModelRoute, Plan, Product, Upstream
 from gatewaysync.admin import GatewayChangeAdmin
 
 
@@ -50,15 +51,70 @@ class PlanInline(admin.TabularInline):
     extra = 0
 
 
+class TagsField(forms.CharField):
+    """Tags typed as one comma-separated line, stored as a list."""
+
+    def prepare_value(self, value: object) -> object:
+        if isinstance(value, list):
+            return ", ".join(str(tag) for tag in value)
+        return value
+
+    def to_python(self, value: object) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value)
+        return services.normalize_tags((text or "").split(","))
+
+
+class ProductForm(forms.ModelForm):
+    tags = TagsField(
+        required=False,
+        help_text=f"Comma-separated, at most {MAX_TAGS}, each up to {MAX_TAG_LENGTH} characters.",
+    )
+
+    class Meta:
+        model = Product
+        fields = [
+            "name",
+            "slug",
+            "kind",
+            "status",
+            "portals",
+            "subscription_approval",
+            "category",
+            "tags",
+            "description",
+            "guide_markdown",
+        ]
+
+
 @admin.register(Product)
 class ProductAdmin(GatewayChangeAdmin):
-    list_display = ["name", "slug", "kind", "status", "updated_at"]
-    list_filter = ["kind", "status", "portals"]
+    form = ProductForm
+    list_display = ["name", "slug", "kind", "category", "status", "updated_at"]
+    list_filter = ["kind", "status", "category", "portals"]
+    list_select_related = ["category"]
     search_fields = ["name", "slug", "description"]
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["portals"]
+    autocomplete_fields = ["category"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "kind", "status", "portals"]}),
+        ("Subscriptions", {"fields": ["subscription_approval"]}),
+        (
+            "Catalog listing",
+            {
+                "fields": ["category", "tags", "description", "guide_markdown"],
+                "description": "What developers see in the catalog. The gateway ignores it.",
+            },
+        ),
+    ]
     inlines = [ModelRouteInline, PlanInline]
     actions = ["retire"]
+
+    def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
+        super().save_related(request, form, formsets, change)
+        # After the inlines, so new or renamed model routes are in the document too;
+        # save_related follows save_model on every add and change.
+        services.product_refresh_search_document(product=form.instance)
 
     @admin.action(description="Retire (the gateway refuses them from the next revision)")
     def retire(self, request, queryset):  # type: ignore[no-untyped-def]
@@ -71,3 +127,34 @@ class ProductAdmin(GatewayChangeAdmin):
 class PlanAdmin(GatewayChangeAdmin):
     list_display = ["name", "product", "requests_per_minute", "tokens_per_minute", "tokens_per_day"]
     list_select_related = ["product"]
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "product_count"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+
+    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+        # The count comes with the list query, not from a query per row.
+        return super().get_queryset(request).annotate(product_count=Count("products"))
+
+    @admin.display(description="Products", ordering="product_count")
+    def product_count(self, obj: Category) -> int:
+        return getattr(obj, "product_count", 0)
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        super().save_model(request, obj, form, change)
+        if change and "name" in form.changed_data:
+            # Products are found by their category's name: follow the rename.
+            services.products_refresh_search_documents(products=obj.products.all())
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        products = list(obj.products.all())
+        super().delete_model(request, obj)
+        services.products_refresh_search_documents(products=products)
+
+    def delete_queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        products = list(Product.objects.filter(category__in=queryset))
+        super().delete_queryset(request, queryset)
+        services.products_refresh_search_documents(products=products)

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 _http_url = RegexValidator(r"^https?://[^\s/$.?#][^\s]*$", "Enter an http:// or https:// URL.")
+
+MAX_TAGS = 12
+MAX_TAG_LENGTH = 32
+
+
+def validate_tags(value: object) -> None:
+    """Tags are a short list of short, non-empty strings (they are shown as badges)."""
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise ValidationError("Tags must be a list of strings.")
+    if len(value) > MAX_TAGS:
+        raise ValidationError(f"Use at most {MAX_TAGS} tags.")
+    for tag in value:
+        if not tag.strip() or len(tag) > MAX_TAG_LENGTH or tag != tag.strip():
+            raise ValidationError(
+                f"Each tag is 1 to {MAX_TAG_LENGTH} characters without surrounding spaces "
+                f"({tag!r} is not)."
+            )
 
 
 class Upstream(models.Model):
@@ -39,6 +57,20 @@ class Upstream(models.Model):
         return bool(self.secret_ciphertext)
 
 
+class Category(models.Model):
+    """A shelf of the catalog (Chat, Embeddings…): developers filter products by it."""
+
+    name = models.CharField(max_length=80, unique=True)
+    slug = models.SlugField(max_length=60, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "categories"
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Product(models.Model):
     class Kind(models.TextChoices):
         MODEL = "model", "Model API"
@@ -59,14 +91,42 @@ class Product(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices)
     description = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    subscription_approval = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=[("automatic", "Automatic"), ("manual", "By an admin")],
+        help_text="Empty: the portal's default.",
+    )
     portals = models.ManyToManyField(
         "portal.Portal", blank=True, related_name="products", help_text="Published to."
     )
+    # Catalog listing: shown to developers, never read by the gateway.
+    category = models.ForeignKey(
+        Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="products"
+    )
+    tags = models.JSONField(
+        default=list, blank=True, validators=[validate_tags], help_text="Short keywords."
+    )
+    guide_markdown = models.TextField(
+        "guide",
+        blank=True,
+        help_text="Markdown shown on the product page. Raw HTML is sanitised away.",
+    )
+    # Lower-cased text the catalog search matches against, rebuilt by
+    # services.product_refresh_search_document() whenever a part of it changes: one
+    # column to scan instead of joins to routes, categories (and later tools and skills).
+    search_document = models.TextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
+        indexes = [
+            # The catalog lists published products by name, optionally of one kind;
+            # the pagination count and the page both start from this index.
+            models.Index(fields=["status", "kind", "name"], name="product_catalog_idx"),
+            models.Index(fields=["status", "name"], name="product_catalog_name_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.name

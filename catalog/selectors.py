@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.http import Http404
 
-from catalog.models import Product
+from catalog.models import Category, Product
 from portal.models import Portal
+
+# A search is a handful of words; more only makes the query longer, not better.
+MAX_SEARCH_TERMS = 8
 
 
 def product_list_published(*, portal: Portal | None) -> QuerySet[Product]:
@@ -14,3 +18,63 @@ def product_list_published(*, portal: Portal | None) -> QuerySet[Product]:
     if portal is not None:
         products = products.filter(portals=portal)
     return products.prefetch_related("model_routes").order_by("name")
+
+
+def search_terms(q: str) -> list[str]:
+    """The lower-cased, distinct words of a search, at most ``MAX_SEARCH_TERMS``."""
+    return list(dict.fromkeys(q.lower().split()))[:MAX_SEARCH_TERMS]
+
+
+def product_search(
+    *,
+    portal: Portal | None,
+    kind: str | None = None,
+    q: str = "",
+    category: str | None = None,
+) -> QuerySet[Product]:
+    """Published products on ``portal`` (every portal's when None) matching all of ``q``.
+
+    ``kind`` is a ``Product.Kind`` value and ``category`` a category slug. Each word of
+    ``q`` must occur in the product's search document (name, description, tags,
+    category, model names); the document is lower-cased when written, so a plain
+    ``LIKE`` on the lower-cased word is a case-insensitive match.
+    """
+    products = Product.objects.filter(status=Product.Status.PUBLISHED)
+    if portal is not None:
+        # One row per (product, portal) in the through table, so no duplicates and no
+        # DISTINCT, which would make the pagination count expensive.
+        products = products.filter(portals=portal)
+    if kind:
+        products = products.filter(kind=kind)
+    if category:
+        products = products.filter(category__slug=category)
+    for term in search_terms(q):
+        products = products.filter(search_document__contains=term)
+    return (
+        products.select_related("category")
+        .prefetch_related("model_routes")
+        # The primary key breaks ties between equal names, so pages never overlap.
+        .order_by("name", "pk")
+    )
+
+
+def product_get_published(*, portal: Portal | None, slug: str) -> Product:
+    """The published product ``slug`` if it is on ``portal``, else 404.
+
+    Drafts, retired products and products of other portals are all "not found": the
+    page must not confirm that they exist.
+    """
+    try:
+        return product_search(portal=portal).get(slug=slug)
+    except Product.DoesNotExist:
+        raise Http404("No such product on this portal.") from None
+
+
+def category_list_for_catalog(*, portal: Portal | None) -> QuerySet[Category]:
+    """Categories that hold at least one published product on ``portal``."""
+    products = Product.objects.filter(status=Product.Status.PUBLISHED)
+    if portal is not None:
+        products = products.filter(portals=portal)
+    return Category.objects.filter(
+        pk__in=products.filter(category__isnull=False).values("category_id")
+    ).order_by("name")

@@ -1,18 +1,21 @@
-"""Writes for the catalog: upstreams, products, model routes and plans.
+"""Writes for the catalog: upstreams, products, model routes, plans and categories.
 
 Every write that changes what the gateway must know ends with ``gateway_changed()``,
-which publishes a new revision after the transaction commits.
+which publishes a new revision after the transaction commits. Listing fields (category,
+tags, description text, guide) only change the portal, so their writes do not; every
+write that changes a part of a product's search document refreshes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from django.db import transaction
 
 from catalog.crypto import encrypt_secret
-from catalog.models import ModelRoute, Plan, Product, Upstream
+from catalog.models import Category, ModelRoute, Plan, Product, Upstream
 from gatewaysync.services import gateway_changed
+from portal import audit
 from portal.models import Portal
 
 
@@ -41,6 +44,7 @@ def upstream_set_secret(*, upstream: Upstream, secret: str | None) -> Upstream:
     """Replace (or, with ``None``, clear) an upstream's secret. It is never read back."""
     upstream.secret_ciphertext = encrypt_secret(secret) if secret else ""
     upstream.save(update_fields=["secret_ciphertext", "updated_at"])
+    audit.record("upstream.secret_set" if secret else "upstream.secret_clear", upstream)
     gateway_changed()
     return upstream
 
@@ -50,6 +54,7 @@ def product_create(
     *, name: str, slug: str, kind: str, description: str = "", status: str = Product.Status.DRAFT
 ) -> Product:
     product = Product(name=name, slug=slug, kind=kind, description=description, status=status)
+    product.search_document = _search_document(product, category_name="", route_names=[])
     product.full_clean()
     product.save()
     gateway_changed()
@@ -62,6 +67,7 @@ def product_publish(*, product: Product, portals: Iterable[Portal]) -> Product:
     product.status = Product.Status.PUBLISHED
     product.save(update_fields=["status", "updated_at"])
     product.portals.add(*portals)
+    audit.record("product.publish", product, portals=[p.pk for p in product.portals.all()])
     gateway_changed()
     return product
 
@@ -72,6 +78,7 @@ def product_retire(*, product: Product) -> Product:
     product.status = Product.Status.RETIRED
     product.save(update_fields=["status", "updated_at"])
     product.portals.clear()
+    audit.record("product.retire", product)
     gateway_changed()
     return product
 
@@ -83,6 +90,7 @@ def model_route_create(
     route = ModelRoute(product=product, name=name, upstream=upstream, upstream_model=upstream_model)
     route.full_clean()
     route.save()
+    product_refresh_search_document(product=product)
     gateway_changed()
     return route
 
@@ -107,3 +115,91 @@ def plan_create(
     plan.save()
     gateway_changed()
     return plan
+
+
+@transaction.atomic
+def category_create(*, name: str, slug: str) -> Category:
+    category = Category(name=name, slug=slug)
+    category.full_clean()
+    category.save()
+    return category
+
+
+@transaction.atomic
+def product_set_listing(
+    *,
+    product: Product,
+    description: str,
+    category: Category | None,
+    tags: Sequence[str],
+    guide_markdown: str,
+) -> Product:
+    """Set what the catalog shows about a product. The gateway does not read these fields."""
+    product.description = description
+    product.category = category
+    product.tags = normalize_tags(tags)
+    product.guide_markdown = guide_markdown
+    product.full_clean()
+    product.save(update_fields=["description", "category", "tags", "guide_markdown", "updated_at"])
+    product_refresh_search_document(product=product)
+    return product
+
+
+def normalize_tags(tags: Iterable[str]) -> list[str]:
+    """Strip tags and drop empty ones and repeats (case-insensitively), keeping the order."""
+    seen: set[str] = set()
+    result: list[str] = []
+    for tag in tags:
+        cleaned = " ".join(tag.split())
+        if cleaned and cleaned.casefold() not in seen:
+            seen.add(cleaned.casefold())
+            result.append(cleaned)
+    return result
+
+
+def _search_document(product: Product, *, category_name: str, route_names: Iterable[str]) -> str:
+    # One lower-cased line per source. MCP tool names and agent skill names join here
+    # when those features land, so one column keeps serving every search term.
+    parts = [product.name, product.slug, product.description, category_name]
+    parts.extend(tag for tag in product.tags if isinstance(tag, str))
+    parts.extend(route_names)
+    return "\n".join(part for part in parts if part).lower()
+
+
+@transaction.atomic
+def product_refresh_search_document(*, product: Product) -> Product:
+    """Rebuild the text the catalog search matches from the product's current rows."""
+    category_name = (
+        Category.objects.filter(pk=product.category_id).values_list("name", flat=True).first()
+        if product.category_id is not None
+        else None
+    )
+    route_names = ModelRoute.objects.filter(product=product).values_list("name", flat=True)
+    document = _search_document(product, category_name=category_name or "", route_names=route_names)
+    if document != product.search_document:
+        product.search_document = document
+        # Not updated_at: the document is derived, nothing a person changed.
+        product.save(update_fields=["search_document"])
+    return product
+
+
+@transaction.atomic
+def products_refresh_search_documents(*, products: Iterable[Product]) -> int:
+    """Rebuild the search documents of many products in a fixed number of queries."""
+    ids = [product.pk for product in products]
+    changed = []
+    for product in (
+        Product.objects.filter(pk__in=ids)
+        .select_related("category")
+        .prefetch_related("model_routes")
+    ):
+        document = _search_document(
+            product,
+            category_name=product.category.name if product.category else "",
+            route_names=[route.name for route in product.model_routes.all()],
+        )
+        if document != product.search_document:
+            product.search_document = document
+            changed.append(product)
+    Product.objects.bulk_update(changed, ["search_document"], batch_size=500)
+    return len(changed)

@@ -64,7 +64,13 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "django_htmx",
+    "template_partials",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "portal",
     "catalog",
     "consumers",
@@ -81,6 +87,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+    "portal.middleware.PortalMiddleware",
+    "portal.audit.AuditContextMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -97,6 +106,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.context_processors.portal",
             ],
         },
     }
@@ -153,12 +163,23 @@ CSRF_COOKIE_SECURE = PRODUCTION
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
-REST_FRAMEWORK = {
+# REST API (config/api_urls.py). A personal access token first: an anonymous caller
+# then gets 401 with `WWW-Authenticate: Bearer`, which tells a script what to send; a
+# Bearer header, when present, decides (a bad one is a 401 even with a session). Without
+# one the browser session applies, with DRF's CSRF check on state changes. The gateways'
+# endpoints set their own authentication (gatewaysync/apis.py).
+REST_FRAMEWORK: dict[str, object] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.authentication.AccessTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        # HTML for browsers (Accept: text/html) with DRF's own static files: no CDN.
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -171,6 +192,7 @@ else:
     _broker_dir = VAR_DIR / "celery" / "broker"
     _broker_dir.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://localhost/"
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"  # atomic writes; see config/broker.py
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir),
         "data_folder_out": str(_broker_dir),
@@ -201,8 +223,46 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
-EMAIL_BACKEND = env_str("PORTICO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
-LOGIN_URL = "/admin/login/"
+# Email: SMTP when PORTICO_EMAIL_HOST is set, else printed to the log (embedded default).
+EMAIL_HOST = env_str("PORTICO_EMAIL_HOST", "") or ""
+EMAIL_BACKEND = env_str(
+    "PORTICO_EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_PORT = env_int("PORTICO_EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("PORTICO_EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = env_str("PORTICO_EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = env_bool("PORTICO_EMAIL_USE_TLS", default=True)
+EMAIL_FILE_PATH = env_str("PORTICO_EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+DEFAULT_FROM_EMAIL = env_str("PORTICO_EMAIL_FROM", "Portico <portal@localhost>")
+
+# Shared state between control-plane processes (login throttling, cached lookups): Redis
+# when configured, else per-process memory, which is right for a single process.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
+# Accounts (django-allauth): sign-in by email, verified before first use; failed logins
+# are throttled per address and per account (allauth's ACCOUNT_RATE_LIMITS defaults).
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_ADAPTER = "portal.adapters.AccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_EMAIL_SUBJECT_PREFIX = ""
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # never link accounts by an unverified email
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "portal:apps"
+ACCOUNT_LOGOUT_REDIRECT_URL = "portal:home"
 
 # Periodic tasks expire rather than pile up while no worker is running.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
@@ -218,3 +278,17 @@ if REDIS_URL:
         "schedule": 1.0,
         "options": {"expires": 5.0},
     }
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Portico API",
+    "DESCRIPTION": (
+        "The developer and admin REST API of Portico's control plane: the catalog, your "
+        "apps, their keys and subscriptions, personal access tokens, and subscription "
+        "review for administrators. Authenticate with a browser session or "
+        "`Authorization: Bearer portico_pat_…`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The public API only, not the gateways' endpoints (also for `manage.py spectacular`).
+    "PREPROCESSING_HOOKS": ["portal.apis.schema_public_endpoints"],
+}

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import ValidationError
+from django.shortcuts import render
 
 from consumers import services
 from consumers.models import Consumer, Credential, Subscription, UsageRecord
 from gatewaysync.admin import GatewayChangeAdmin
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=2000,
+        help_text="The developer reads this in the portal and in the email.",
+    )
 
 
 class CredentialInline(admin.TabularInline):
@@ -81,7 +92,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_filter = ["status", "product"]
     list_select_related = ["consumer", "product", "plan", "plan__product"]
     readonly_fields = ["status", "decision_reason", "created_at", "decided_at"]
-    actions = ["approve", "revoke"]
+    actions = ["approve", "reject", "revoke"]
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         if change:
@@ -100,7 +111,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
         done = 0
         for subscription in queryset:
             try:
-                action(subscription=subscription)
+                action(subscription)
                 done += 1
             except ValidationError as exc:
                 self.message_user(request, f"{subscription}: {exc.messages[0]}", messages.WARNING)
@@ -108,11 +119,43 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve selected subscriptions")
     def approve(self, request, queryset):  # type: ignore[no-untyped-def]
-        self._each(request, queryset, services.subscription_approve, "Approved")
+        self._each(
+            request, queryset, lambda s: services.subscription_approve(subscription=s), "Approved"
+        )
+
+    @admin.action(description="Reject selected subscriptions (with a reason)…")
+    def reject(self, request, queryset):  # type: ignore[no-untyped-def]
+        # An intermediate page asks for the reason the developer will read.
+        form = RejectForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            reason = form.cleaned_data["reason"]
+            self._each(
+                request,
+                queryset,
+                lambda subscription: services.subscription_reject(
+                    subscription=subscription, reason=reason
+                ),
+                "Rejected",
+            )
+            return None
+        return render(
+            request,
+            "admin/consumers/subscription/reject.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Reject subscriptions",
+                "subscriptions": queryset,
+                "form": form,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+                "opts": self.model._meta,
+            },
+        )
 
     @admin.action(description="Revoke selected subscriptions")
     def revoke(self, request, queryset):  # type: ignore[no-untyped-def]
-        self._each(request, queryset, services.subscription_revoke, "Revoked")
+        self._each(
+            request, queryset, lambda s: services.subscription_revoke(subscription=s), "Revoked"
+        )
 
 
 @admin.register(UsageRecord)

@@ -15,6 +15,10 @@ class Consumer(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="consumers"
     )
+    # The portal the app was created on: the owner's standing there governs its keys.
+    portal = models.ForeignKey(
+        "portal.Portal", on_delete=models.PROTECT, null=True, blank=True, related_name="consumers"
+    )
     name = models.CharField(max_length=120)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -59,7 +63,11 @@ class Subscription(models.Model):
         PENDING = "pending", "Pending"
         APPROVED = "approved", "Approved"
         REJECTED = "rejected", "Rejected"
+        SUSPENDED = "suspended", "Suspended"
+        CANCELLED = "cancelled", "Cancelled"
         REVOKED = "revoked", "Revoked"
+
+    LIVE = (Status.PENDING, Status.APPROVED, Status.SUSPENDED)
 
     consumer = models.ForeignKey(Consumer, on_delete=models.CASCADE, related_name="subscriptions")
     product = models.ForeignKey(
@@ -77,7 +85,7 @@ class Subscription(models.Model):
             # One live subscription per consumer and product; ended ones stay as history.
             models.UniqueConstraint(
                 fields=["consumer", "product"],
-                condition=models.Q(status__in=["pending", "approved"]),
+                condition=models.Q(status__in=["pending", "approved", "suspended"]),
                 name="subscription_one_live",
             )
         ]
@@ -109,6 +117,8 @@ class UsageRecord(models.Model):
         indexes = [
             models.Index(fields=["consumer_id", "ts"], name="usage_consumer_ts"),
             models.Index(fields=["product_id", "ts"], name="usage_product_ts"),
+            # Staff's unfiltered dashboards select by time alone.
+            models.Index(fields=["ts"], name="usage_ts"),
         ]
 
     def __str__(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
@@ -13,16 +13,43 @@ from django.utils import timezone
 
 from catalog.models import Plan, Product
 from consumers.models import Consumer, Credential, Subscription, UsageRecord
+from consumers.tasks import subscription_notify_task
 from gateway import keys, schema
 from gatewaysync.services import gateway_changed
+from portal import audit
+from portal.models import Membership, Portal
 
 
 @transaction.atomic
-def consumer_create(*, owner: User, name: str) -> Consumer:
-    consumer = Consumer(owner=owner, name=name)
+def consumer_create(*, owner: User, name: str, portal: Portal | None = None) -> Consumer:
+    if Consumer.objects.filter(owner=owner, name=name).exists():
+        raise ValidationError("You already have an app with that name.")
+    consumer = Consumer(owner=owner, name=name, portal=portal)
     consumer.full_clean()
     consumer.save()
+    audit.record("consumer.create", consumer)
     return consumer
+
+
+@transaction.atomic
+def consumer_rename(*, consumer: Consumer, name: str) -> Consumer:
+    if Consumer.objects.filter(owner=consumer.owner, name=name).exclude(pk=consumer.pk).exists():
+        raise ValidationError("You already have an app with that name.")
+    consumer.name = name
+    consumer.full_clean()
+    consumer.save(update_fields=["name"])
+    return consumer
+
+
+@transaction.atomic
+def consumer_delete(*, consumer: Consumer) -> None:
+    """Delete an app with its keys and subscriptions; the gateway stops honouring them.
+
+    Usage records keep their numbers (they are history, not access).
+    """
+    audit.record("consumer.delete", consumer, credentials=consumer.credentials.count())
+    consumer.delete()
+    gateway_changed()
 
 
 @transaction.atomic
@@ -58,8 +85,40 @@ def credential_create(
     )
     credential.full_clean(exclude=["key_hash", "display_prefix"])
     credential.save()
+    audit.record("credential.create", credential, consumer=consumer.pk)
     gateway_changed()
     return IssuedCredential(credential=credential, key=key)
+
+
+@transaction.atomic
+def credential_rotate(*, credential: Credential, grace_seconds: int) -> IssuedCredential:
+    """Issue a replacement key; the old one works ``grace_seconds`` longer, then never.
+
+    With no grace the old key is revoked at once. The old key's expiry only ever moves
+    earlier, so a rotation cannot extend a key's life.
+    """
+    if credential.revoked_at is not None or not credential.is_active:
+        raise ValidationError("Only a working key can be rotated.")
+    if grace_seconds < 0:
+        raise ValidationError("The grace period cannot be negative.")
+    issued = credential_create(
+        consumer=credential.consumer, name=credential.name, expires_at=credential.expires_at
+    )
+    if grace_seconds == 0:
+        credential_revoke(credential=credential)
+    else:
+        ends = timezone.now() + timedelta(seconds=grace_seconds)
+        if credential.expires_at is None or ends < credential.expires_at:
+            credential.expires_at = ends
+            credential.save(update_fields=["expires_at"])
+            gateway_changed()
+        audit.record(
+            "credential.rotate",
+            credential,
+            replacement=issued.credential.pk,
+            grace_seconds=grace_seconds,
+        )
+    return issued
 
 
 @transaction.atomic
@@ -68,6 +127,7 @@ def credential_revoke(*, credential: Credential) -> Credential:
     if credential.revoked_at is None:
         credential.revoked_at = timezone.now()
         credential.save(update_fields=["revoked_at"])
+        audit.record("credential.revoke", credential)
         gateway_changed()
     return credential
 
@@ -77,12 +137,51 @@ def subscription_create(*, consumer: Consumer, product: Product, plan: Plan) -> 
     if plan.product_id != product.pk:
         raise ValidationError({"plan": "That plan belongs to another product."})
     if Subscription.objects.filter(
-        consumer=consumer,
-        product=product,
-        status__in=[Subscription.Status.PENDING, Subscription.Status.APPROVED],
+        consumer=consumer, product=product, status__in=Subscription.LIVE
     ).exists():
         raise ValidationError("This app already has a live subscription to that product.")
-    return Subscription.objects.create(consumer=consumer, product=product, plan=plan)
+    subscription = Subscription.objects.create(consumer=consumer, product=product, plan=plan)
+    audit.record("subscription.create", subscription, plan=plan.pk)
+    return subscription
+
+
+def _approval_mode(product: Product, portal: Portal | None) -> str:
+    if product.subscription_approval:
+        return product.subscription_approval
+    return portal.subscription_approval if portal is not None else Portal.Approval.MANUAL
+
+
+@transaction.atomic
+def subscription_request(
+    *, consumer: Consumer, product: Product, plan: Plan, portal: Portal | None
+) -> Subscription:
+    """A developer asks for access: approved at once or left pending, per the rules.
+
+    The product decides (automatic or by an admin); a product that does not say
+    follows its portal's default. Only developers approved on the portal may ask.
+    """
+    owner = consumer.owner
+    if not owner.is_staff and not (
+        portal is not None
+        and Membership.objects.filter(
+            portal=portal, user=owner, status=Membership.Status.APPROVED
+        ).exists()
+    ):
+        raise ValidationError("Your developer account is not approved on this portal yet.")
+    if portal is not None and not product.portals.filter(pk=portal.pk).exists():
+        raise ValidationError("That product is not offered on this portal.")
+    subscription = subscription_create(consumer=consumer, product=product, plan=plan)
+    if _approval_mode(product, portal) == Portal.Approval.AUTOMATIC:
+        subscription = _decide(subscription, Subscription.Status.APPROVED, "")
+    return subscription
+
+
+@transaction.atomic
+def subscription_cancel(*, subscription: Subscription) -> Subscription:
+    """The developer ends a subscription; its app loses access at the gateway."""
+    if subscription.status not in Subscription.LIVE:
+        raise ValidationError(f"This subscription has already ended ({subscription.status}).")
+    return _decide(subscription, Subscription.Status.CANCELLED, "")
 
 
 def _decide(subscription: Subscription, status: Subscription.Status, reason: str) -> Subscription:
@@ -90,7 +189,9 @@ def _decide(subscription: Subscription, status: Subscription.Status, reason: str
     subscription.decision_reason = reason
     subscription.decided_at = timezone.now()
     subscription.save(update_fields=["status", "decision_reason", "decided_at"])
+    audit.record(f"subscription.{status}", subscription, reason=reason)
     gateway_changed()
+    transaction.on_commit(lambda: subscription_notify_task.delay(subscription.pk))
     return subscription
 
 
@@ -114,7 +215,7 @@ def subscription_reject(*, subscription: Subscription, reason: str) -> Subscript
 
 @transaction.atomic
 def subscription_revoke(*, subscription: Subscription, reason: str = "") -> Subscription:
-    if subscription.status not in (Subscription.Status.PENDING, Subscription.Status.APPROVED):
+    if subscription.status not in Subscription.LIVE:
         raise ValidationError(f"This subscription has already ended ({subscription.status}).")
     return _decide(subscription, Subscription.Status.REVOKED, reason)
 

@@ -85,7 +85,11 @@ class GatewayInstanceAdmin(admin.ModelAdmin):
 
 
 class GatewayChangeAdmin(admin.ModelAdmin):
-    """Admin for models the gateway depends on: every change publishes a revision."""
+    """Admin for models the gateway depends on: every change publishes a revision.
+
+    It also composes with another admin (``class UserAdmin(GatewayChangeAdmin,
+    DjangoUserAdmin)``): its methods defer to the next admin in line.
+    """
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         super().save_model(request, obj, form, change)

@@ -13,7 +13,7 @@ from typing import cast
 
 import msgspec
 from django.conf import settings
-from django.db.models import Prefetch
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
 
 from catalog.crypto import decrypt_secret
@@ -21,6 +21,7 @@ from catalog.models import Product, Upstream
 from consumers.models import Consumer, Credential, Subscription
 from gateway import schema
 from gateway.secrets import GatewayKeys
+from portal.models import Membership
 
 _encoder = msgspec.json.Encoder()
 
@@ -49,6 +50,16 @@ class CompiledState:
             consumers=self.consumers,
             credentials=self.credentials,
         )
+
+
+def usable_consumers() -> QuerySet[Consumer]:
+    """Active apps of active developers who are not suspended on the app's portal."""
+    suspended = Membership.objects.filter(
+        portal=OuterRef("portal"), user=OuterRef("owner"), status=Membership.Status.SUSPENDED
+    )
+    return Consumer.objects.filter(status=Consumer.Status.ACTIVE, owner__is_active=True).exclude(
+        Exists(suspended)
+    )
 
 
 def compile_state() -> CompiledState:
@@ -106,7 +117,7 @@ def compile_state() -> CompiledState:
     ).select_related("plan", "product")
     consumers: dict[str, schema.Consumer] = {}
     for consumer in (
-        Consumer.objects.filter(status=Consumer.Status.ACTIVE)
+        usable_consumers()
         .prefetch_related(Prefetch("subscriptions", queryset=approved, to_attr="approved"))
         .order_by("pk")
     ):
@@ -129,7 +140,7 @@ def compile_state() -> CompiledState:
 
     credentials: dict[str, schema.Credential] = {}
     rows = (
-        Credential.objects.filter(revoked_at__isnull=True, consumer__status=Consumer.Status.ACTIVE)
+        Credential.objects.filter(revoked_at__isnull=True, consumer__in=usable_consumers())
         .exclude(expires_at__lte=now)
         .order_by("pk")
         .values_list("key_hash", "pk", "consumer_id", "expires_at")

@@ -18,15 +18,25 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from catalog import services as catalog_services
-from catalog.models import ModelRoute, Plan, Product, Upstream
+from catalog.models import Category, ModelRoute, Plan, Product, Upstream
 from consumers import services as consumer_services
 from consumers.models import Consumer, Credential, Subscription
 from gateway.keys import hash_key
-from portal.models import Portal
+from portal.models import Membership, Portal
 
 DEMO_PRODUCT_SLUG = "demo-chat"
 DEMO_MODEL = "demo-model"
 ADMIN_USERNAME = "admin"
+DEMO_GUIDE = """\
+Demo Chat answers like an OpenAI chat model but **echoes your last message**, so you can
+try the portal end to end without a vendor account.
+
+1. Create an app under **My apps** and subscribe it to this product.
+2. Create a key for the app; it is shown once, so copy it.
+3. Use one of the Quick start snippets with your key in place of `YOUR_API_KEY`.
+
+The Free plan allows 600 requests per minute.
+"""
 
 
 @dataclass(frozen=True)
@@ -96,15 +106,33 @@ def seed_demo(*, mock_llm_url: str) -> DemoSeed:
             product=product, name=DEMO_MODEL, upstream=upstream, upstream_model="mock"
         )
         catalog_services.plan_create(product=product, name="Free", requests_per_minute=600)
+    if product.category_id is None and not product.tags and not product.guide_markdown:
+        # Only an unlisted product gets the demo listing, so an admin's edits survive
+        # the next seed.
+        chat = Category.objects.filter(slug="chat").first() or catalog_services.category_create(
+            name="Chat", slug="chat"
+        )
+        catalog_services.product_set_listing(
+            product=product,
+            description=product.description,
+            category=chat,
+            tags=["demo", "openai-compatible"],
+            guide_markdown=DEMO_GUIDE,
+        )
     catalog_services.product_publish(product=product, portals=[portal])
     plan = Plan.objects.get(product=product, name="Free")
 
     developer, _ = user_model.objects.get_or_create(
         username="demo-developer", defaults={"email": "developer@example.com"}
     )
+    Membership.objects.get_or_create(
+        portal=portal, user=developer, defaults={"status": Membership.Status.APPROVED}
+    )
     consumer = Consumer.objects.filter(owner=developer, name="Demo App").first()
     if consumer is None:
-        consumer = consumer_services.consumer_create(owner=developer, name="Demo App")
+        consumer = consumer_services.consumer_create(
+            owner=developer, name="Demo App", portal=portal
+        )
     subscription = Subscription.objects.filter(
         consumer=consumer, product=product, status__in=["pending", "approved"]
     ).first()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -21,6 +22,9 @@ class Portal(models.Model):
     primary_color = models.CharField(max_length=7, default="#1f6feb", validators=[_colour])
     developer_approval = models.CharField(
         max_length=16, choices=Approval.choices, default=Approval.AUTOMATIC
+    )
+    signup_enabled = models.BooleanField(
+        default=True, help_text="Developers may create accounts with email and password."
     )
     subscription_approval = models.CharField(
         max_length=16,
@@ -59,3 +63,78 @@ class PortalDomain(models.Model):
     def save(self, *args: object, **kwargs: object) -> None:
         self.domain = self.domain.lower()
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class Membership(models.Model):
+    """A developer's standing on one portal: pending developers may sign in, not subscribe."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending approval"
+        APPROVED = "approved", "Approved"
+        SUSPENDED = "suspended", "Suspended"
+
+    portal = models.ForeignKey(Portal, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["portal", "user"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.portal} ({self.status})"
+
+
+class PersonalAccessToken(models.Model):
+    """A developer's token for the REST API from scripts (not for the gateway).
+
+    Stored like API keys: only the SHA-256 and a display prefix; shown once.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens"
+    )
+    name = models.CharField(max_length=120)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    display_prefix = models.CharField(max_length=16, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display_prefix}…)"
+
+
+class AuditEvent(models.Model):
+    """Who changed access to what, when and from where. Written by services; never edited."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    actor_label = models.CharField(max_length=254, blank=True)  # kept if the user goes
+    action = models.CharField(max_length=64, db_index=True)  # e.g. "credential.revoke"
+    target_type = models.CharField(max_length=64)
+    target_id = models.CharField(max_length=64)
+    target_label = models.CharField(max_length=254, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="audit_target")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} {self.target_label}"

@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
-from portal.models import Portal
+from django.contrib.auth.models import User
+from django.db.models import Case, IntegerField, Q, Value, When
+from django.http import Http404
+
+from portal.models import PersonalAccessToken, Portal
 
 
 def portal_for_host(host: str) -> Portal | None:
-    """The portal that serves ``host`` (its domains), else the default portal."""
+    """The portal that serves ``host`` (one of its domains), else the default portal.
+
+    One query either way: every page runs this.
+    """
     name = host.split(":", 1)[0].lower()
-    portal = Portal.objects.filter(domains__domain=name).first() if name else None
-    return portal or Portal.objects.filter(is_default=True).first()
+    return (
+        Portal.objects.filter(Q(domains__domain=name) | Q(is_default=True))
+        .annotate(
+            rank=Case(
+                When(domains__domain=name, then=Value(0)),
+                default=Value(1),
+                output_field=IntegerField(),
+            )
+        )
+        .order_by("rank")
+        .first()
+    )
+
+
+def access_token_get_for_user(*, user: User, pk: int) -> PersonalAccessToken:
+    """The user's own token ``pk``; anyone else's (staff too) is a 404.
+
+    Tokens are personal credentials: staff revoke other people's in the admin.
+    """
+    try:
+        return PersonalAccessToken.objects.get(pk=pk, user=user)
+    except PersonalAccessToken.DoesNotExist:
+        raise Http404("No such token.") from None

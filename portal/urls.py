@@ -1,8 +1,35 @@
+"""The developer portal's pages, in one namespace: ``portal:<name>``."""
+
 from django.urls import path
 
-from portal import views
+from catalog import views as catalog_views
+from consumers import views as consumer_views
+from portal import usage_views, views
+
+app_name = "portal"
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", catalog_views.catalog, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    # Catalog (catalog/views.py)
+    path("catalog/", catalog_views.catalog, name="catalog"),
+    path("catalog/<str:kind>/", catalog_views.catalog, name="catalog_kind"),
+    path("products/<slug:slug>/", catalog_views.product_detail, name="product"),
+    # The developer's own apps, keys and subscriptions (consumers/views.py)
+    path("apps/", consumer_views.app_list, name="apps"),
+    path("apps/<int:pk>/", consumer_views.app_detail, name="app"),
+    path("apps/<int:pk>/rename/", consumer_views.app_rename, name="app_rename"),
+    path("apps/<int:pk>/delete/", consumer_views.app_delete, name="app_delete"),
+    path("apps/<int:pk>/keys/", consumer_views.key_create, name="key_create"),
+    path("keys/<int:pk>/revoke/", consumer_views.key_revoke, name="key_revoke"),
+    path("keys/<int:pk>/rotate/", consumer_views.key_rotate, name="key_rotate"),
+    path("subscribe/<slug:slug>/", consumer_views.subscribe, name="subscribe"),
+    path(
+        "subscriptions/<int:pk>/cancel/",
+        consumer_views.subscription_cancel,
+        name="subscription_cancel",
+    ),
+    # Usage dashboards (portal/usage_views.py)
+    path("usage/", usage_views.usage, name="usage"),
+    path("usage.csv", usage_views.usage_csv, name="usage_csv"),
 ]

@@ -96,9 +96,11 @@ def subscription(consumer: Consumer, catalog: Catalog) -> Subscription:
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2's deliberate slowness protects real passwords, not test personas.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def _fast_password_hashing(request, settings):
+    # PBKDF2's deliberate slowness protects real passwords, not test personas. End-to-end
+    # tests keep the real hasher: the portal process they sign in to checks with it.
+    if request.node.get_closest_marker("e2e") is None:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

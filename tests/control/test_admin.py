@@ -12,6 +12,7 @@ from gatewaysync.models import GatewayInstance
 
 MODELS = [
     "portal_portal",
+    "portal_membership",
     "catalog_product",
     "catalog_upstream",
     "catalog_plan",

@@ -144,3 +144,34 @@ def test_numbering_continues_above_what_a_gateway_already_applied(subscription):
     assert rev is not None
     assert rev.number == 42
     assert rev.delta is None  # its predecessor is not 41, so no delta can be trusted
+
+
+def test_suspending_a_developer_cuts_their_apps_keys(owner, catalog):
+    from portal.models import Membership
+    from portal.services import membership_set_status
+    from tests.conftest import make_subscribed_app
+
+    membership = Membership.objects.create(portal=catalog.portal, user=owner, status="approved")
+    app = make_subscribed_app(owner=owner, catalog=catalog)
+    app.portal = catalog.portal
+    app.save(update_fields=["portal"])
+    issued = services.credential_create(consumer=app, name="k")
+    first = publish()
+    assert first is not None
+    assert hash_key(issued.key) in applied(first).doc.credentials
+    membership_set_status(membership=membership, status=Membership.Status.SUSPENDED)
+    rev = publish()
+    assert rev is not None
+    doc = applied(rev).doc
+    assert hash_key(issued.key) not in doc.credentials
+    assert str(app.pk) not in doc.consumers
+
+
+def test_deactivated_user_loses_access(owner, subscription):
+    issued = services.credential_create(consumer=subscription.consumer, name="k")
+    publish()
+    owner.is_active = False
+    owner.save(update_fields=["is_active"])
+    rev = publish()
+    assert rev is not None
+    assert hash_key(issued.key) not in applied(rev).doc.credentials

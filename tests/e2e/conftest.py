@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 from django.db import connection
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from devstack.portico import (
     Ports,
@@ -24,6 +25,7 @@ from devstack.portico import (
 from devstack.procs import Stack, free_port
 
 UPSTREAM_KEY = "sk-e2e-upstream-" + "u" * 24
+CHROMIUM = "/usr/bin/chromium"
 
 
 def _test_database_url() -> str:
@@ -45,6 +47,7 @@ class E2EStack:
     env: dict[str, str]
     mock_llm_url: str
     beat_schedule: str
+    mail_dir: Path
 
     def start_control_plane(self) -> None:
         start_portal(self.stack, self.ports)
@@ -76,6 +79,9 @@ def e2e_stack(
         "PORTICO_GATEWAY_HEARTBEAT_SECONDS": "1",
         "PORTICO_GATEWAY_USAGE_FLUSH_SECONDS": "0.5",
         "PORTICO_RECONCILE_SECONDS": "1",
+        # Mail lands in files the tests read (verification links).
+        "PORTICO_EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "PORTICO_EMAIL_FILE_PATH": str(tmp / "mail"),
     }
     stack = Stack(log_dir=tmp / "log")
     stack.base_env = {**stack.base_env, **env}
@@ -85,6 +91,7 @@ def e2e_stack(
         env=env,
         mock_llm_url=ports.mock_llm_url,
         beat_schedule=str(tmp / "beat-schedule"),
+        mail_dir=tmp / "mail",
     )
     try:
         start_mock_llm(stack, ports, require_key=UPSTREAM_KEY)
@@ -93,3 +100,57 @@ def e2e_stack(
         yield e2e
     finally:
         stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def browser(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Browser]:
+    """Debian's headless Chromium driven by Playwright (its own download cannot work here).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in this thread
+    while it is open, which later tests that start their own loop must not inherit.
+    """
+    # The tests' ORM calls are ordinary blocking calls made between page actions, which
+    # Django must allow while that loop exists.
+    monkeypatch_module.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where screenshots of the main pages are kept after the run."""
+    path = Path(settings.VAR_DIR) / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

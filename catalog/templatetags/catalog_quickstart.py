@@ -1,0 +1,196 @@
+"""``{% quickstart_snippets product gateway_url as snippets %}``: copy-paste starters.
+
+The snippets are built in Python, not by interpolating into template text, so every
+value is quoted for the language it lands in (JSON, Python, shell). The key is always
+the placeholder ``YOUR_API_KEY``: the page never holds a real key.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+from django import template
+
+from catalog.models import Product
+
+register = template.Library()
+
+API_KEY_PLACEHOLDER = "YOUR_API_KEY"
+MODEL_PLACEHOLDER = "MODEL_NAME"
+MCP_PROTOCOL_VERSION = "2025-06-18"
+
+
+@dataclass(frozen=True)
+class Snippet:
+    id: str
+    title: str
+    language: str
+    code: str
+    where: str = ""
+
+
+def _py(value: str) -> str:
+    # A JSON string literal is a valid Python string literal with the same value.
+    return json.dumps(value)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, indent=2)
+
+
+def _curl(url: str, *, headers: list[str], body: object | None = None) -> str:
+    lines = [f"curl {shlex.quote(url)}"]
+    lines += [f"-H {shlex.quote(header)}" for header in headers]
+    if body is not None:
+        lines.append(f"-d {shlex.quote(json.dumps(body))}")
+    return " \\\n  ".join(lines)
+
+
+def model_snippets(*, gateway_url: str, model: str) -> list[Snippet]:
+    messages = [{"role": "user", "content": "Hello!"}]
+    curl = _curl(
+        f"{gateway_url}/v1/chat/completions",
+        headers=[f"Authorization: Bearer {API_KEY_PLACEHOLDER}", "Content-Type: application/json"],
+        body={"model": model, "messages": messages},
+    )
+    openai_sdk = f"""from openai import OpenAI
+
+client = OpenAI(base_url={_py(gateway_url + "/v1")}, api_key={_py(API_KEY_PLACEHOLDER)})
+response = client.chat.completions.create(
+    model={_py(model)},
+    messages=[{{"role": "user", "content": "Hello!"}}],
+)
+print(response.choices[0].message.content)
+"""
+    anthropic_sdk = f"""from anthropic import Anthropic
+
+client = Anthropic(base_url={_py(gateway_url)}, api_key={_py(API_KEY_PLACEHOLDER)})
+message = client.messages.create(
+    model={_py(model)},
+    max_tokens=1024,
+    messages=[{{"role": "user", "content": "Hello!"}}],
+)
+print(message.content[0].text)
+"""
+    return [
+        Snippet("qs-curl", "curl", "shell", curl),
+        Snippet("qs-openai", "Python · openai SDK", "python", openai_sdk, "pip install openai"),
+        Snippet(
+            "qs-anthropic",
+            "Python · Anthropic SDK",
+            "python",
+            anthropic_sdk,
+            "pip install anthropic",
+        ),
+    ]
+
+
+def mcp_snippets(*, gateway_url: str, slug: str) -> list[Snippet]:
+    url = f"{gateway_url}/mcp/{slug}"
+    bearer = f"Bearer {API_KEY_PLACEHOLDER}"
+    curl = _curl(
+        url,
+        headers=[
+            f"Authorization: {bearer}",
+            "Content-Type: application/json",
+            "Accept: application/json, text/event-stream",
+        ],
+        body={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": MCP_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "curl", "version": "1.0"},
+            },
+        },
+    )
+    # Claude Desktop's config file starts local (stdio) servers only; mcp-remote bridges
+    # to a remote server. The header goes through an env variable because some clients
+    # split arguments on spaces.
+    claude_desktop = {
+        "mcpServers": {
+            slug: {
+                "command": "npx",
+                "args": ["-y", "mcp-remote", url, "--header", "Authorization:${AUTH_HEADER}"],
+                "env": {"AUTH_HEADER": bearer},
+            }
+        }
+    }
+    cursor = {"mcpServers": {slug: {"url": url, "headers": {"Authorization": bearer}}}}
+    vscode = {"servers": {slug: {"type": "http", "url": url, "headers": {"Authorization": bearer}}}}
+    return [
+        Snippet(
+            "qs-claude-desktop",
+            "Claude Desktop",
+            "json",
+            _json(claude_desktop),
+            "claude_desktop_config.json (needs Node.js for npx)",
+        ),
+        Snippet("qs-cursor", "Cursor", "json", _json(cursor), "~/.cursor/mcp.json"),
+        Snippet("qs-vscode", "VS Code", "json", _json(vscode), ".vscode/mcp.json"),
+        Snippet("qs-curl", "curl", "shell", curl),
+    ]
+
+
+def agent_snippets(*, gateway_url: str, slug: str) -> list[Snippet]:
+    url = f"{gateway_url}/agents/{slug}"
+    a2a_client = f"""import uuid
+
+import httpx
+
+AGENT_URL = {_py(url)}
+headers = {{"Authorization": "Bearer {API_KEY_PLACEHOLDER}"}}
+
+# The agent card: its name, skills and capabilities.
+card = httpx.get(f"{{AGENT_URL}}/.well-known/agent-card.json", headers=headers).json()
+print(card["name"], [skill["name"] for skill in card.get("skills", [])])
+
+# Send it a message (A2A JSON-RPC, method message/send).
+reply = httpx.post(
+    AGENT_URL,
+    headers=headers,
+    json={{
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "message/send",
+        "params": {{
+            "message": {{
+                "role": "user",
+                "messageId": str(uuid.uuid4()),
+                "parts": [{{"kind": "text", "text": "Hello!"}}],
+            }}
+        }},
+    }},
+    timeout=60,
+)
+print(reply.json())
+"""
+    curl = _curl(
+        f"{url}/.well-known/agent-card.json",
+        headers=[f"Authorization: Bearer {API_KEY_PLACEHOLDER}"],
+    )
+    return [
+        Snippet("qs-a2a", "Python · A2A client", "python", a2a_client, "pip install httpx"),
+        Snippet("qs-curl", "curl · agent card", "shell", curl),
+    ]
+
+
+def quickstart_for(product: Product, gateway_url: str) -> list[Snippet]:
+    """The snippets for ``product``'s kind, pointing at ``gateway_url``."""
+    base = gateway_url.rstrip("/")
+    if product.kind == Product.Kind.MCP:
+        return mcp_snippets(gateway_url=base, slug=product.slug)
+    if product.kind == Product.Kind.AGENT:
+        return agent_snippets(gateway_url=base, slug=product.slug)
+    # Uses the prefetched routes when the view prefetched them (no extra query).
+    routes = list(product.model_routes.all())
+    return model_snippets(gateway_url=base, model=routes[0].name if routes else MODEL_PLACEHOLDER)
+
+
+@register.simple_tag
+def quickstart_snippets(product: Product, gateway_url: str) -> list[Snippet]:
+    return quickstart_for(product, gateway_url)

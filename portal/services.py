@@ -1,0 +1,131 @@
+"""Writes for portals and developers' standing on them."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+import zlib
+from datetime import datetime, timedelta
+
+from django.contrib.auth.models import AbstractBaseUser, User
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from gatewaysync.services import gateway_changed
+from portal import audit
+from portal.models import Membership, PersonalAccessToken, Portal
+
+
+@transaction.atomic
+def membership_join(*, portal: Portal, user: AbstractBaseUser) -> Membership:
+    """The user's membership of ``portal``, created on first sight per its approval rule."""
+    automatic = portal.developer_approval == Portal.Approval.AUTOMATIC
+    membership, _ = Membership.objects.get_or_create(
+        portal=portal,
+        user=user,
+        defaults={
+            "status": Membership.Status.APPROVED if automatic else Membership.Status.PENDING,
+            "decided_at": timezone.now() if automatic else None,
+        },
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_set_status(*, membership: Membership, status: Membership.Status) -> Membership:
+    """Approve or suspend a developer; suspension cuts their apps' keys at the gateway."""
+    membership.status = status
+    membership.decided_at = timezone.now()
+    membership.save(update_fields=["status", "decided_at"])
+    audit.record(f"membership.{status}", membership)
+    gateway_changed()
+    return membership
+
+
+# Personal access tokens: a developer's credential for the REST API from scripts. They
+# have the shape of API keys (gateway/keys.py) under their own prefix, so secret scanners
+# and people can tell the two apart, and the gateway, which only accepts ``portico_`` keys
+# of exactly its own length and checksum, can never take one for a key.
+
+ACCESS_TOKEN_PREFIX = "portico_pat_"  # noqa: S105 (a public marker, not a secret)
+_TOKEN_ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_TOKEN_BODY_LENGTH = 40  # log2(62) * 40 ≈ 238 bits of entropy
+_TOKEN_CHECK_LENGTH = 6
+ACCESS_TOKEN_LENGTH = len(ACCESS_TOKEN_PREFIX) + _TOKEN_BODY_LENGTH + _TOKEN_CHECK_LENGTH
+# 16 characters: PersonalAccessToken.display_prefix's max_length.
+ACCESS_TOKEN_DISPLAY_LENGTH = len(ACCESS_TOKEN_PREFIX) + 4
+# last_used_at is a hint for the developer, not an audit trail: writing it on every
+# call would turn each read of the API into a write.
+ACCESS_TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+def _token_checksum(body: str) -> str:
+    number = zlib.crc32(body.encode())
+    digits = []
+    for _ in range(_TOKEN_CHECK_LENGTH):
+        number, rest = divmod(number, len(_TOKEN_ALPHABET))
+        digits.append(_TOKEN_ALPHABET[rest])
+    return "".join(reversed(digits))
+
+
+def access_token_is_well_formed(token: str) -> bool:
+    """True when ``token`` has the personal-access-token shape and a matching checksum."""
+    if len(token) != ACCESS_TOKEN_LENGTH or not token.startswith(ACCESS_TOKEN_PREFIX):
+        return False
+    body = token[len(ACCESS_TOKEN_PREFIX) : len(ACCESS_TOKEN_PREFIX) + _TOKEN_BODY_LENGTH]
+    return _token_checksum(body) == token[-_TOKEN_CHECK_LENGTH:]
+
+
+def access_token_hash(token: str) -> str:
+    """The SHA-256 hex digest under which a token is stored and looked up."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@transaction.atomic
+def access_token_create(
+    *, user: User, name: str, expires_at: datetime | None = None
+) -> tuple[PersonalAccessToken, str]:
+    """Generate a token server-side from the CSPRNG; store only its hash and prefix.
+
+    Returns the row and the plaintext token, which exists only in this return value:
+    show it once and forget it.
+    """
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    body = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(_TOKEN_BODY_LENGTH))
+    plaintext = ACCESS_TOKEN_PREFIX + body + _token_checksum(body)
+    token = PersonalAccessToken(
+        user=user,
+        name=name,
+        token_hash=access_token_hash(plaintext),
+        display_prefix=plaintext[:ACCESS_TOKEN_DISPLAY_LENGTH],
+        expires_at=expires_at,
+    )
+    token.full_clean(exclude=["token_hash", "display_prefix"])
+    token.save()
+    audit.record("access_token.create", token)
+    return token, plaintext
+
+
+@transaction.atomic
+def access_token_revoke(*, token: PersonalAccessToken) -> PersonalAccessToken:
+    """Revoke a token for good; the next request that presents it gets a 401."""
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit.record("access_token.revoke", token)
+    return token
+
+
+def access_token_touch(*, token: PersonalAccessToken) -> None:
+    """Record that ``token`` was just used, at most once per ``ACCESS_TOKEN_TOUCH_INTERVAL``."""
+    now = timezone.now()
+    if token.last_used_at is not None and token.last_used_at > now - ACCESS_TOKEN_TOUCH_INTERVAL:
+        return
+    # Conditional, so concurrent requests with the same token write once, not each.
+    PersonalAccessToken.objects.filter(pk=token.pk).exclude(
+        last_used_at__gt=now - ACCESS_TOKEN_TOUCH_INTERVAL
+    ).update(last_used_at=now)
+    token.last_used_at = now

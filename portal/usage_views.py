@@ -1,0 +1,181 @@
+"""Usage dashboards: a developer's calls over time, as charts, tables and CSV."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC
+from urllib.parse import urlencode
+
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET
+from django_htmx.middleware import HtmxDetails
+
+from consumers import usage as usage_selectors
+from consumers.models import Consumer, UsageRecord
+from consumers.selectors import consumer_get_for_user
+from consumers.usage import Window
+
+# Ids are positive BIGINTs, written in ASCII digits ("²".isdigit() is True, int() rejects it).
+_ID = re.compile(r"[0-9]{1,18}")
+
+CSV_HEADER = [
+    "bucket_start",
+    "app_id",
+    "app",
+    "product_id",
+    "product",
+    "model",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_avg_ms",
+    "latency_max_ms",
+]
+
+
+class UsageRequest(HttpRequest):
+    """A signed-in request after HtmxMiddleware."""
+
+    htmx: HtmxDetails
+    user: User
+
+
+@dataclass(frozen=True)
+class UsageFilters:
+    """The dashboard's GET parameters, checked: a window, and maybe one app and one product."""
+
+    window: Window
+    app: Consumer | None
+    product_id: int | None
+
+    @property
+    def query(self) -> str:
+        """The filters as a query string, for the CSV link."""
+        params = {"window": self.window.key}
+        if self.app is not None:
+            params["app"] = str(self.app.pk)
+        if self.product_id is not None:
+            params["product"] = str(self.product_id)
+        return urlencode(params)
+
+    @property
+    def narrowed(self) -> bool:
+        return self.app is not None or self.product_id is not None
+
+
+def _filters(request: UsageRequest) -> UsageFilters:
+    """Parse the filters. An app the user may not see is a 404 from the access helper;
+    an unknown window or a malformed product id falls back to the default, so an old or
+    hand-edited link still shows something."""
+    window = usage_selectors.window_for(request.GET.get("window"))
+    app = None
+    app_param = request.GET.get("app", "")
+    if app_param:
+        if not _ID.fullmatch(app_param):
+            raise Http404("No such app.")
+        app = consumer_get_for_user(user=request.user, pk=int(app_param))
+    product_param = request.GET.get("product", "")
+    product_id = int(product_param) if _ID.fullmatch(product_param) else None
+    return UsageFilters(window=window, app=app, product_id=product_id)
+
+
+def _records(request: UsageRequest, filters: UsageFilters) -> QuerySet[UsageRecord]:
+    return usage_selectors.usage_records_for_user(
+        user=request.user, consumer=filters.app, product_id=filters.product_id
+    )
+
+
+@login_required
+@require_GET
+def usage(request: UsageRequest) -> HttpResponse:
+    filters = _filters(request)
+    report = usage_selectors.usage_report(records=_records(request, filters), window=filters.window)
+    # Only an empty page asks whether there were ever any calls: it decides between
+    # "make your first call" and "nothing matches these filters".
+    has_any_calls = (
+        not report.is_empty or usage_selectors.usage_records_for_user(user=request.user).exists()
+    )
+    context = {
+        "filters": filters,
+        "windows": list(usage_selectors.WINDOWS.values()),
+        "apps": usage_selectors.usage_apps_for_user(user=request.user),
+        "products": usage_selectors.usage_products_for_user(user=request.user),
+        "report": report,
+        "chart_data": report.chart_data(),
+        "has_any_calls": has_any_calls,
+        "product_label": (
+            None
+            if filters.product_id is None
+            else usage_selectors.product_label(filters.product_id)
+        ),
+    }
+    # A history restore needs the whole page, not the fragment.
+    if request.htmx and not request.htmx.history_restore_request:
+        response = render(request, "portal/usage.html#dashboard", context)
+    else:
+        response = render(request, "portal/usage.html", context)
+    # The same URL answers with a fragment or a page: caches must keep both apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+class _Echo:
+    """A file-like object whose ``write`` hands back the line, for ``csv.writer``."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _cell(text: str) -> str:
+    # App and model names are chosen by developers; a leading =, +, - or @ would run as a
+    # formula when someone (an admin, too) opens the file in a spreadsheet.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+@login_required
+@require_GET
+def usage_csv(request: UsageRequest) -> StreamingHttpResponse:
+    filters = _filters(request)
+    # Evaluated before streaming starts: the generator below only formats, so no query
+    # runs after the view returns (outside the request's connection handling).
+    rows = usage_selectors.usage_csv_rows(records=_records(request, filters), window=filters.window)
+    writer = csv.writer(_Echo())
+
+    def lines() -> Iterator[str]:
+        yield writer.writerow(CSV_HEADER)
+        for row in rows:
+            yield writer.writerow(
+                [
+                    row.bucket_start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "" if row.app_id is None else row.app_id,
+                    _cell(row.app_name),
+                    "" if row.product_id is None else row.product_id,
+                    _cell(row.product_name),
+                    _cell(row.model),
+                    row.stats.requests,
+                    row.stats.errors,
+                    row.stats.prompt_tokens,
+                    row.stats.completion_tokens,
+                    _number(row.stats.latency_avg_ms),
+                    _number(row.stats.latency_max_ms),
+                ]
+            )
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="portico-usage-{filters.window.key}.csv"'
+    )
+    return response
