@@ -48,6 +48,10 @@ ALLOWED_HOSTS = env_list("PORTICO_ALLOWED_HOSTS", [] if PRODUCTION else ["*"])
 CSRF_TRUSTED_ORIGINS = env_list("PORTICO_CSRF_TRUSTED_ORIGINS", [])
 
 PORTICO_GATEWAY_PUBLIC_URL = env_str("PORTICO_GATEWAY_PUBLIC_URL", "http://127.0.0.1:8080")
+# Where the portal's own server reaches the gateway (the playground's calls).
+PORTICO_GATEWAY_INTERNAL_URL = env_str("PORTICO_GATEWAY_INTERNAL_URL", PORTICO_GATEWAY_PUBLIC_URL)
+# Lifetime of the short-lived key the playground issues for a developer's app.
+PORTICO_PLAYGROUND_KEY_SECONDS = env_int("PORTICO_PLAYGROUND_KEY_SECONDS", 900, minimum=120)
 PORTICO_PORTAL_URL = env_str("PORTICO_PORTAL_URL", "http://127.0.0.1:8000")
 # A gateway that has not heartbeaten for this long is no longer delivered to.
 PORTICO_GATEWAY_INSTANCE_TTL = env_int("PORTICO_GATEWAY_INSTANCE_TTL", 30, minimum=5)

@@ -30,7 +30,7 @@ from devstack.portico import (
     start_portal,
     start_worker,
 )
-from devstack.procs import ServiceFailed, Stack, wait_until
+from devstack.procs import ServiceFailed, Stack, port_in_use, wait_until
 
 if TYPE_CHECKING:
     from portal.demo import DemoSeed
@@ -68,6 +68,16 @@ def main() -> int:
         gateway=_env_port("PORTICO_GATEWAY_PORT", 8080),
         mock_llm=_env_port("PORTICO_MOCK_LLM_PORT", 9100),
     )
+    busy = [p for p in (ports.portal, ports.gateway, ports.mock_llm) if port_in_use(p)]
+    if busy:
+        # Otherwise the readiness checks below would pass against whatever holds them.
+        print(
+            f"Port(s) {', '.join(map(str, busy))} are in use: is Portico already running? "
+            "Stop it, or choose other ports with PORTICO_PORTAL_PORT, PORTICO_GATEWAY_PORT "
+            "and PORTICO_MOCK_LLM_PORT.",
+            file=sys.stderr,
+        )
+        return 1
     var_dir = Path(settings.VAR_DIR)
     demo_file = var_dir / "demo.json"
     demo_file.unlink(missing_ok=True)
@@ -82,6 +92,8 @@ def main() -> int:
         "PORTICO_VAR_DIR": str(var_dir),
         "PORTICO_GATEWAY_SECRET": settings.PORTICO_GATEWAY_SECRET,
         "PORTICO_GATEWAY_STATE_DIR": str(var_dir / "gateway"),
+        "PORTICO_GATEWAY_PUBLIC_URL": ports.gateway_url,
+        "PORTICO_PORTAL_URL": ports.portal_url,
     }
     stack = Stack(log_dir=var_dir / "log", base_env={**os.environ, **child_env})
     stopping = threading.Event()

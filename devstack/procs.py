@@ -8,6 +8,7 @@ a grace period, SIGKILL.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -21,6 +22,26 @@ from pathlib import Path
 import httpx
 
 PYTHON = sys.executable
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the runner dies, even by SIGKILL.
+
+    Children live in their own sessions (so a Ctrl-C reaches only the runner, which
+    stops them in order); without this, a runner killed outright would leave them
+    running and holding their ports.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def free_port() -> int:
@@ -111,6 +132,7 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches only the runner
+                preexec_fn=_die_with_parent,
             )
         service = Service(name=name, argv=argv, log_path=log_path, process=process)
         self.services[name] = service
@@ -140,9 +162,23 @@ class Stack:
                     f"{service.log_tail()}"
                 )
 
-    def stop_all(self, grace: float = 10.0) -> dict[str, int | None]:
-        """Stop in reverse start order; returns each service's exit code."""
-        codes = {}
-        for name, service in reversed(list(self.services.items())):
-            codes[name] = service.stop(grace)
+    def stop_all(self, grace: float = 15.0) -> dict[str, int | None]:
+        """SIGTERM every service at once (newest first), SIGKILL what outlives ``grace``.
+
+        All at once, so stopping takes as long as the slowest service, not their sum.
+        Returns each service's exit code.
+        """
+        services = list(reversed(self.services.values()))
+        for service in services:
+            if service.is_running():
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        codes: dict[str, int | None] = {}
+        for service in services:
+            try:
+                service.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+            codes[service.name] = service.process.returncode
         return codes

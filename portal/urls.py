@@ -29,6 +29,9 @@ urlpatterns = [
         consumer_views.subscription_cancel,
         name="subscription_cancel",
     ),
+    # The try-it playground (portal/views.py, portal/playground.py)
+    path("playground/", views.playground, name="playground"),
+    path("playground/chat/", views.playground_chat, name="playground_chat"),
     # Usage dashboards (portal/usage_views.py)
     path("usage/", usage_views.usage, name="usage"),
     path("usage.csv", usage_views.usage_csv, name="usage_csv"),

@@ -122,6 +122,14 @@ def test_developer_signs_up_subscribes_and_calls_the_gateway(
     page.wait_for_timeout(300)  # let the charts draw before the screenshot
     page.screenshot(path=artifacts / "06-usage.png", full_page=True)
 
+    # The playground streams an answer through the gateway with the app's own key.
+    page.goto(f"{portal_url}/playground/")
+    page.fill("#message", "hello playground")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#answer")).to_contain_text("hello playground", timeout=30_000)
+    expect(page.locator("#answer-meta")).to_contain_text("completion tokens")
+    page.screenshot(path=artifacts / "07-playground.png", full_page=True)
+
 
 def test_admin_approves_a_pending_subscription_in_the_admin(
     e2e_stack: E2EStack, page: Page, artifacts: Path
@@ -148,7 +156,7 @@ def test_admin_approves_a_pending_subscription_in_the_admin(
     page.goto(f"{portal_url}/admin/consumers/subscription/?status__exact=pending")
     page.check(f"input[name=_selected_action][value='{subscription.pk}']")
     page.select_option("select[name=action]", "approve")
-    page.screenshot(path=artifacts / "07-admin-pending.png", full_page=True)
+    page.screenshot(path=artifacts / "08-admin-pending.png", full_page=True)
     page.locator("button[name=index]").click()
     expect(page.locator("body")).to_contain_text("Approved 1 subscriptions")
 
