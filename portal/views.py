@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
@@ -34,7 +33,7 @@ def playground(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-async def playground_chat(request: HttpRequest) -> StreamingHttpResponse:
+async def playground_chat(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """Stream the model's answer to the page as server-sent events."""
     user = await request.auser()
     try:
@@ -47,12 +46,9 @@ async def playground_chat(request: HttpRequest) -> StreamingHttpResponse:
     consumer = await sync_to_async(consumer_get_for_user)(user=user, pk=app_id)
     targets = await sync_to_async(playground_module.targets_for)(user=consumer.owner)
     if not message or not any(t.app_id == consumer.pk and t.model == model for t in targets):
-        return StreamingHttpResponse(
-            _one_event(
-                "error", "Choose one of your apps, a model it is subscribed to, and a message."
-            ),
-            status=400,
-            content_type="text/event-stream",
+        text = "Choose one of your apps, a model it is subscribed to, and a message."
+        return HttpResponse(
+            _event_bytes("error", text), status=400, content_type="text/event-stream"
         )
     key = await sync_to_async(playground_module.playground_key)(consumer=consumer)
     response = StreamingHttpResponse(
@@ -64,5 +60,5 @@ async def playground_chat(request: HttpRequest) -> StreamingHttpResponse:
     return response
 
 
-async def _one_event(name: str, text: str) -> AsyncIterator[bytes]:
-    yield f"event: {name}\ndata: {json.dumps({'message': text})}\n\n".encode()
+def _event_bytes(name: str, text: str) -> bytes:
+    return f"event: {name}\ndata: {json.dumps({'message': text})}\n\n".encode()

@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
-from django.test import AsyncClient
 from django.urls import reverse
 from django.utils import timezone
 
@@ -47,37 +46,26 @@ def test_page_offers_only_your_approved_models(client, owner, outsider, catalog)
     assert "pending" not in page
 
 
-@pytest.mark.anyio
-@pytest.mark.django_db(transaction=True)
-async def test_chatting_through_another_developers_app_is_a_404(owner, outsider, catalog):
-    from asgiref.sync import sync_to_async
-
-    theirs = await sync_to_async(make_subscribed_app)(owner=outsider, catalog=catalog)
-    client = AsyncClient()
-    await sync_to_async(client.force_login)(owner)
-    response = await client.post(
+def test_chatting_through_another_developers_app_is_a_404(client, owner, outsider, catalog):
+    theirs = make_subscribed_app(owner=outsider, catalog=catalog)
+    client.force_login(owner)
+    response = client.post(
         reverse("portal:playground_chat"),
         {"app": theirs.pk, "model": "chat-model", "message": "hi"},
     )
     assert response.status_code == 404
-    assert not await Credential.objects.filter(name=PLAYGROUND_KEY_NAME).aexists()
+    assert not Credential.objects.filter(name=PLAYGROUND_KEY_NAME).exists()
 
 
-@pytest.mark.anyio
-@pytest.mark.django_db(transaction=True)
-async def test_a_model_the_app_is_not_subscribed_to_is_refused(owner, catalog):
-    from asgiref.sync import sync_to_async
-
-    app = await sync_to_async(services.consumer_create)(owner=owner, name="unsubscribed")
-    client = AsyncClient()
-    await sync_to_async(client.force_login)(owner)
-    response = await client.post(
+def test_a_model_the_app_is_not_subscribed_to_is_refused(client, owner, catalog):
+    app = services.consumer_create(owner=owner, name="unsubscribed")
+    client.force_login(owner)
+    response = client.post(
         reverse("portal:playground_chat"), {"app": app.pk, "model": "chat-model", "message": "hi"}
     )
     assert response.status_code == 400
-    body = b"".join([chunk async for chunk in response.streaming_content])  # type: ignore[attr-defined]
-    assert b"event: error" in body
-    assert not await Credential.objects.filter(name=PLAYGROUND_KEY_NAME).aexists()
+    assert response.content.startswith(b"event: error\n")
+    assert not Credential.objects.filter(name=PLAYGROUND_KEY_NAME).exists()
 
 
 def test_playground_key_is_short_lived_reused_and_never_stored(owner, catalog, settings):
