@@ -6,6 +6,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import ValidationError
 from django.shortcuts import render
 
+from config.admin import ReadOnlyAdmin
 from consumers import services
 from consumers.models import Consumer, Credential, Subscription, UsageRecord
 from gatewaysync.admin import GatewayChangeAdmin
@@ -159,16 +160,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ["ts", "request_id", "route", "model", "status", "latency_ms", "consumer_id"]
     list_filter = ["status", "route"]
     date_hierarchy = "ts"
-
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
-        return False

@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import User
 
+from config.admin import ReadOnlyAdmin
 from gatewaysync.admin import GatewayChangeAdmin
 from portal import services
 from portal.models import AuditEvent, Membership, Portal, PortalDomain
@@ -58,19 +59,10 @@ class UserAdmin(GatewayChangeAdmin, DjangoUserAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     """The audit log, read-only: nobody edits history."""
 
     list_display = ["at", "actor_label", "action", "target_type", "target_label", "ip_address"]
     list_filter = ["action", "target_type"]
     search_fields = ["actor_label", "target_label", "target_id", "action"]
     date_hierarchy = "at"
-
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
-        return False

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import string
-import zlib
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser, User
@@ -13,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from gateway.keys import SecretFormat, hash_key
 from gatewaysync.services import gateway_changed
 from portal import audit
 from portal.models import Membership, PersonalAccessToken, Portal
@@ -49,38 +46,20 @@ def membership_set_status(*, membership: Membership, status: Membership.Status) 
 # and people can tell the two apart, and the gateway, which only accepts ``portico_`` keys
 # of exactly its own length and checksum, can never take one for a key.
 
-ACCESS_TOKEN_PREFIX = "portico_pat_"  # noqa: S105 (a public marker, not a secret)
-_TOKEN_ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
-_TOKEN_BODY_LENGTH = 40  # log2(62) * 40 ≈ 238 bits of entropy
-_TOKEN_CHECK_LENGTH = 6
-ACCESS_TOKEN_LENGTH = len(ACCESS_TOKEN_PREFIX) + _TOKEN_BODY_LENGTH + _TOKEN_CHECK_LENGTH
-# 16 characters: PersonalAccessToken.display_prefix's max_length.
-ACCESS_TOKEN_DISPLAY_LENGTH = len(ACCESS_TOKEN_PREFIX) + 4
+ACCESS_TOKEN = SecretFormat("portico_pat_")
 # last_used_at is a hint for the developer, not an audit trail: writing it on every
 # call would turn each read of the API into a write.
 ACCESS_TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
 
 
-def _token_checksum(body: str) -> str:
-    number = zlib.crc32(body.encode())
-    digits = []
-    for _ in range(_TOKEN_CHECK_LENGTH):
-        number, rest = divmod(number, len(_TOKEN_ALPHABET))
-        digits.append(_TOKEN_ALPHABET[rest])
-    return "".join(reversed(digits))
-
-
 def access_token_is_well_formed(token: str) -> bool:
     """True when ``token`` has the personal-access-token shape and a matching checksum."""
-    if len(token) != ACCESS_TOKEN_LENGTH or not token.startswith(ACCESS_TOKEN_PREFIX):
-        return False
-    body = token[len(ACCESS_TOKEN_PREFIX) : len(ACCESS_TOKEN_PREFIX) + _TOKEN_BODY_LENGTH]
-    return _token_checksum(body) == token[-_TOKEN_CHECK_LENGTH:]
+    return ACCESS_TOKEN.is_well_formed(token)
 
 
 def access_token_hash(token: str) -> str:
     """The SHA-256 hex digest under which a token is stored and looked up."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hash_key(token)
 
 
 @transaction.atomic
@@ -94,13 +73,12 @@ def access_token_create(
     """
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
-    body = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(_TOKEN_BODY_LENGTH))
-    plaintext = ACCESS_TOKEN_PREFIX + body + _token_checksum(body)
+    plaintext = ACCESS_TOKEN.generate()
     token = PersonalAccessToken(
         user=user,
         name=name,
         token_hash=access_token_hash(plaintext),
-        display_prefix=plaintext[:ACCESS_TOKEN_DISPLAY_LENGTH],
+        display_prefix=ACCESS_TOKEN.display_prefix(plaintext),
         expires_at=expires_at,
     )
     token.full_clean(exclude=["token_hash", "display_prefix"])

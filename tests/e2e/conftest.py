@@ -4,7 +4,7 @@ is set, else the file-system broker)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -22,7 +22,7 @@ from devstack.portico import (
     start_portal,
     start_worker,
 )
-from devstack.procs import Stack, free_port
+from devstack.procs import Stack, free_port, wait_until
 
 UPSTREAM_KEY = "sk-e2e-upstream-" + "u" * 24
 CHROMIUM = "/usr/bin/chromium"
@@ -155,3 +155,10 @@ def artifacts() -> Path:
     path = Path(settings.VAR_DIR) / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``check`` until it holds. Deadlines are generous on purpose: how fast things
+    propagate is a benchmark figure (bench/), not something a test on a busy CI
+    machine should time."""
+    wait_until(check, timeout=timeout, interval=0.2, what=what)

@@ -6,9 +6,6 @@ benchmark figure (bench/), not something a test on a busy CI machine should time
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import httpx
 import openai
 import pytest
@@ -17,20 +14,9 @@ from consumers import services as consumer_services
 from consumers.models import UsageRecord
 from gatewaysync.models import GatewayInstance, Revision
 from tests.conftest import make_catalog, make_subscribed_app
-from tests.e2e.conftest import UPSTREAM_KEY, E2EStack
+from tests.e2e.conftest import UPSTREAM_KEY, E2EStack, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-DEADLINE = 60.0
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def models_status(gateway_url: str, key: str) -> int:

@@ -22,7 +22,7 @@ from consumers import services as consumer_services
 from consumers.models import Subscription, UsageRecord
 from portal.models import Membership
 from tests.conftest import make_catalog
-from tests.e2e.conftest import UPSTREAM_KEY, E2EStack
+from tests.e2e.conftest import UPSTREAM_KEY, E2EStack, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -47,15 +47,6 @@ def gateway_accepts(gateway_url: str, key: str) -> bool:
         f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5
     )
     return response.status_code == 200
-
-
-def wait_for(check, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.25)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_developer_signs_up_subscribes_and_calls_the_gateway(
@@ -96,7 +87,7 @@ def test_developer_signs_up_subscribes_and_calls_the_gateway(
     page.screenshot(path=artifacts / "04-new-key.png", full_page=True)
 
     gateway_url = e2e_stack.ports.gateway_url
-    wait_for(lambda: gateway_accepts(gateway_url, key), "the new key to reach the gateway")
+    eventually(lambda: gateway_accepts(gateway_url, key), "the new key to reach the gateway")
     client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=key, max_retries=0)
     reply = client.chat.completions.create(
         model="journey-model", messages=[{"role": "user", "content": "first call"}]
@@ -109,7 +100,7 @@ def test_developer_signs_up_subscribes_and_calls_the_gateway(
     page.screenshot(path=artifacts / "05-app.png", full_page=True)
 
     # The call shows up in the developer's usage dashboard once its event is ingested.
-    wait_for(
+    eventually(
         lambda: UsageRecord.objects.filter(
             route="chat.completions", model="journey-model"
         ).exists(),
@@ -161,7 +152,7 @@ def test_admin_approves_a_pending_subscription_in_the_admin(
     expect(page.locator("body")).to_contain_text("Approved 1 subscriptions")
 
     assert Subscription.objects.get(pk=subscription.pk).status == "approved"
-    wait_for(
+    eventually(
         lambda: gateway_accepts(e2e_stack.ports.gateway_url, key),
         "the approval to reach the gateway",
     )
