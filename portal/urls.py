@@ -29,6 +29,9 @@ urlpatterns = [
         consumer_views.subscription_cancel,
         name="subscription_cancel",
     ),
+    # Personal access tokens for the REST API (portal/views.py)
+    path("tokens/", views.tokens, name="tokens"),
+    path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
     # The try-it playground (portal/views.py, portal/playground.py)
     path("playground/", views.playground, name="playground"),
     path("playground/chat/", views.playground_chat, name="playground_chat"),

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET, require_POST
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from consumers.selectors import consumer_get_for_user
 from portal import playground as playground_module
+from portal import selectors, services
+from portal.forms import TokenForm
+from portal.models import PersonalAccessToken
 
 
 @require_GET
@@ -62,3 +67,38 @@ async def playground_chat(request: HttpRequest) -> HttpResponse | StreamingHttpR
 
 def _event_bytes(name: str, text: str) -> bytes:
     return f"event: {name}\ndata: {json.dumps({'message': text})}\n\n".encode()
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tokens(request: HttpRequest) -> HttpResponse:
+    """Personal access tokens for the REST API: list, and create (shown once)."""
+    user = request.user
+    form = TokenForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            token, plaintext = services.access_token_create(
+                user=user,  # type: ignore[arg-type]
+                name=form.cleaned_data["name"],
+                expires_at=form.cleaned_data["expires_at"],
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            response = render(
+                request, "portal/token_created.html", {"token": token, "plaintext": plaintext}
+            )
+            response.status_code = 201
+            response["Cache-Control"] = "no-store"  # the token is in this page only
+            return response
+    rows = PersonalAccessToken.objects.filter(user=user).order_by("-created_at")  # type: ignore[misc]
+    return render(request, "portal/tokens.html", {"tokens": rows, "form": form})
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    token = selectors.access_token_get_for_user(user=request.user, pk=pk)  # type: ignore[arg-type]
+    services.access_token_revoke(token=token)
+    messages.success(request, f"Revoked “{token.name}”.")
+    return redirect("portal:tokens")
