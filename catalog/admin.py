@@ -7,6 +7,7 @@ from django.db.models import Count
 from catalog import services
 from catalog.models import MAX_TAG_LENGTH, MAX_TAGS, Category, ModelRoute, Plan, Product, Upstream
 from gatewaysync.admin import GatewayChangeAdmin
+from portal.models import Portal
 
 
 class UpstreamForm(forms.ModelForm):
@@ -111,10 +112,15 @@ class ProductAdmin(GatewayChangeAdmin):
     actions = ["retire"]
 
     def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
+        before = {portal.pk for portal in form.initial.get("portals", [])} if change else set()
         super().save_related(request, form, formsets, change)
         # After the inlines, so new or renamed model routes are in the document too;
         # save_related follows save_model on every add and change.
         services.product_refresh_search_document(product=form.instance)
+        # Taking a portal off the product withdraws it there, access included.
+        removed = before - set(form.instance.portals.values_list("pk", flat=True))
+        for portal in Portal.objects.filter(pk__in=removed):
+            services.product_unpublish(product=form.instance, portal=portal)
 
     @admin.action(description="Retire (the gateway refuses them from the next revision)")
     def retire(self, request, queryset):  # type: ignore[no-untyped-def]

@@ -73,6 +73,32 @@ def product_publish(*, product: Product, portals: Iterable[Portal]) -> Product:
 
 
 @transaction.atomic
+def product_unpublish(*, product: Product, portal: Portal) -> Product:
+    """Withdraw a product from one portal, and the access that portal's apps had to it.
+
+    Live subscriptions held by apps created on that portal are revoked, so no key keeps
+    working through a product its portal no longer offers. A product left on no portal
+    goes back to draft, and the gateway stops serving it.
+    """
+    from consumers.models import Subscription
+    from consumers.services import subscription_revoke
+
+    product.portals.remove(portal)
+    for subscription in Subscription.objects.filter(
+        product=product, consumer__portal=portal, status__in=Subscription.LIVE
+    ).select_related("consumer"):
+        subscription_revoke(
+            subscription=subscription, reason=f"{product.name} was withdrawn from {portal.name}."
+        )
+    if product.status == Product.Status.PUBLISHED and not product.portals.exists():
+        product.status = Product.Status.DRAFT
+        product.save(update_fields=["status", "updated_at"])
+    audit.record("product.unpublish", product, portal=portal.pk)
+    gateway_changed()
+    return product
+
+
+@transaction.atomic
 def product_retire(*, product: Product) -> Product:
     """Take a product out of service: the gateway refuses it from the next revision."""
     product.status = Product.Status.RETIRED
