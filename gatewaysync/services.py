@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 import msgspec
@@ -63,7 +64,10 @@ def revision_publish(*, keep: int) -> Revision | None:
     state = compiler.compile_state()
     if latest is not None and latest.content_hash == state.content_hash and latest.number >= floor:
         return None
-    number = max(latest.number if latest else 0, floor) + 1
+    # An empty table starts at the current Unix time rather than 1: a database that was
+    # emptied or replaced then cannot reissue a number a gateway already holds with other
+    # content (the gateway would take the push as the revision it has and ignore it).
+    number = max(latest.number + 1 if latest else int(time.time()), floor + 1)
     doc = state.to_revision(number)
     delta = None
     if latest is not None and latest.number == number - 1:
