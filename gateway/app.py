@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from gateway import __version__
 from gateway.admin import AdminListener
 from gateway.config import GatewaySettings
 from gateway.control import Heartbeater, control_plane_client
+from gateway.keys import hash_key
 from gateway.proxy import PreparedCalls, Tokens, chat_completions
 from gateway.responses import ApiError, send_body, send_error
 from gateway.revision import AppliedRevision, ModelTarget
@@ -288,7 +288,7 @@ class Gateway:
                 code="invalid_api_key",
             )
         doc = revision.doc
-        credential = doc.credentials.get(hashlib.sha256(key).hexdigest())
+        credential = doc.credentials.get(hash_key(key))
         if credential is not None and (
             credential.expires_at is None or credential.expires_at >= time.time()
         ):

@@ -34,9 +34,12 @@ def _checksum(body: str) -> str:
     return _base62(zlib.crc32(body.encode()), _CHECK_LENGTH)
 
 
-def hash_key(key: str) -> str:
-    """The SHA-256 hex digest under which a key (or token) is known everywhere."""
-    return hashlib.sha256(key.encode()).hexdigest()
+def hash_key(key: str | bytes) -> str:
+    """The SHA-256 hex digest under which a key (or token) is known everywhere.
+
+    The gateway passes the header's bytes as they arrived; the control plane, strings.
+    """
+    return hashlib.sha256(key if isinstance(key, bytes) else key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from portal import selectors, services
-from portal.models import PersonalAccessToken
 
 # ---------------------------------------------------------------------------------------
 # Shared parts
@@ -181,9 +180,7 @@ class AccessTokenListApi(PorticoApi):
 
     @extend_schema(responses=AccessTokenOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        tokens = PersonalAccessToken.objects.filter(user=request_user(request)).order_by(
-            "-created_at", "-pk"
-        )
+        tokens = selectors.access_token_list_for_user(user=request_user(request))
         return self.paginate(request, tokens, AccessTokenOutputSerializer)
 
     @extend_schema(request=InputSerializer, responses={201: AccessTokenCreatedSerializer})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import User
-from django.db.models import Case, IntegerField, Q, Value, When
+from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.http import Http404
 
 from portal.models import PersonalAccessToken, Portal
@@ -27,6 +27,11 @@ def portal_for_host(host: str) -> Portal | None:
         .order_by("rank")
         .first()
     )
+
+
+def access_token_list_for_user(*, user: User) -> QuerySet[PersonalAccessToken]:
+    """The user's own tokens, newest first (revoked ones too: they are history)."""
+    return PersonalAccessToken.objects.filter(user=user).order_by("-created_at", "-pk")
 
 
 def access_token_get_for_user(*, user: User, pk: int) -> PersonalAccessToken:

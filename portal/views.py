@@ -17,7 +17,6 @@ from consumers.selectors import consumer_get_for_user
 from portal import playground as playground_module
 from portal import selectors, services
 from portal.forms import TokenForm
-from portal.models import PersonalAccessToken
 
 
 @require_GET
@@ -91,7 +90,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
             response.status_code = 201
             response["Cache-Control"] = "no-store"  # the token is in this page only
             return response
-    rows = PersonalAccessToken.objects.filter(user=user).order_by("-created_at")  # type: ignore[misc]
+    rows = selectors.access_token_list_for_user(user=user)  # type: ignore[arg-type]
     return render(request, "portal/tokens.html", {"tokens": rows, "form": form})
 
 
