@@ -257,6 +257,8 @@ AUTHENTICATION_BACKENDS = [
     "allauth.account.auth_backends.AuthenticationBackend",
 ]
 ACCOUNT_ADAPTER = "portal.adapters.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "portal.adapters.SocialAccountAdapter"
+ACCOUNT_FORMS = {"login": "portal.adapters.PortalLoginForm"}
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"

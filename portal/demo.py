@@ -78,7 +78,12 @@ def seed_demo(*, mock_llm_url: str) -> DemoSeed:
             admin.save(update_fields=["password"])
 
     portal, _ = Portal.objects.get_or_create(
-        slug="demo", defaults={"name": "Portico Demo Portal", "is_default": True}
+        slug="demo",
+        defaults={
+            "name": "Portico Demo Portal",
+            "tagline": "Models, tools and agents for your apps",
+            "is_default": True,
+        },
     )
 
     state.setdefault("upstream_key", "sk-mock-" + secrets.token_urlsafe(24))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
@@ -16,15 +18,34 @@ class Portal(models.Model):
 
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=60, unique=True)
+    tagline = models.CharField(
+        max_length=200, blank=True, help_text="One line under the name on the catalog page."
+    )
     is_default = models.BooleanField(
         default=False, help_text="Serves requests whose Host matches no portal."
     )
     primary_color = models.CharField(max_length=7, default="#1f6feb", validators=[_colour])
+    # The logo's bytes live in PortalLogo, so the per-request portal lookup never loads
+    # them; this fingerprint versions the logo's URL (blank: no logo).
+    logo_version = models.CharField(max_length=16, blank=True, editable=False)
     developer_approval = models.CharField(
         max_length=16, choices=Approval.choices, default=Approval.AUTOMATIC
     )
     signup_enabled = models.BooleanField(
         default=True, help_text="Developers may create accounts with email and password."
+    )
+    password_login_enabled = models.BooleanField(
+        default=True,
+        help_text="Developers may sign in with email and password. Turn off to allow "
+        "only the sign-in providers chosen below.",
+    )
+    social_apps: models.ManyToManyField[Any, Any] = models.ManyToManyField(
+        "socialaccount.SocialApp",
+        blank=True,
+        related_name="portals",
+        verbose_name="sign-in providers",
+        help_text="Social and OpenID Connect providers offered on this portal "
+        "(configure them under Social applications).",
     )
     subscription_approval = models.CharField(
         max_length=16,
@@ -46,6 +67,20 @@ class Portal(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class PortalLogo(models.Model):
+    """A portal's logo: a PNG re-encoded from the admin's upload (``portal_set_logo``)."""
+
+    portal = models.OneToOneField(
+        Portal, on_delete=models.CASCADE, primary_key=True, related_name="logo"
+    )
+    image = models.BinaryField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return f"Logo of {self.portal_id}"
 
 
 class PortalDomain(models.Model):

@@ -6,7 +6,7 @@ from django.contrib.auth.models import User
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.http import Http404
 
-from portal.models import PersonalAccessToken, Portal
+from portal.models import PersonalAccessToken, Portal, PortalLogo
 
 
 def portal_for_host(host: str) -> Portal | None:
@@ -43,3 +43,15 @@ def access_token_get_for_user(*, user: User, pk: int) -> PersonalAccessToken:
         return PersonalAccessToken.objects.get(pk=pk, user=user)
     except PersonalAccessToken.DoesNotExist:
         raise Http404("No such token.") from None
+
+
+def portal_logo_get(*, slug: str, version: str) -> PortalLogo:
+    """The logo of portal ``slug`` if ``version`` is its current one, else a 404.
+
+    Logos are public (they are on every page, signed in or not); an old version's URL
+    stops answering rather than serving an image the admin replaced.
+    """
+    try:
+        return PortalLogo.objects.get(portal__slug=slug, portal__logo_version=version)
+    except PortalLogo.DoesNotExist:
+        raise Http404("No such logo.") from None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import IO
 
 from django.contrib.auth.models import AbstractBaseUser, User
 from django.core.exceptions import ValidationError
@@ -12,7 +16,68 @@ from django.utils import timezone
 from gateway.keys import SecretFormat, hash_key
 from gatewaysync.services import gateway_changed
 from portal import audit
-from portal.models import Membership, PersonalAccessToken, Portal
+from portal.models import Membership, PersonalAccessToken, Portal, PortalLogo
+
+# Logos: what an admin may upload, and what is kept of it.
+LOGO_MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+LOGO_MAX_SOURCE_PIXELS = 25_000_000  # refuse decompression bombs before decoding
+LOGO_MAX_SIDE = 512
+LOGO_FORMATS = {"PNG", "JPEG", "GIF", "WEBP"}
+
+
+@dataclass(frozen=True, slots=True)
+class LogoImage:
+    png: bytes = field(repr=False)
+    width: int
+    height: int
+
+
+def logo_from_upload(upload: IO[bytes]) -> LogoImage:
+    """Decode an uploaded image and re-encode it as a bounded PNG, or raise ValidationError.
+
+    Re-encoding keeps only pixels: an upload that is also a script, an HTML page or a
+    zip (a polyglot), or that carries metadata, comes out as a plain image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    data = upload.read(LOGO_MAX_UPLOAD_BYTES + 1)
+    if len(data) > LOGO_MAX_UPLOAD_BYTES:
+        raise ValidationError({"logo": "The logo must be at most 2 MB."})
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in LOGO_FORMATS:
+                raise ValidationError({"logo": "Upload a PNG, JPEG, GIF or WebP image."})
+            if image.width * image.height > LOGO_MAX_SOURCE_PIXELS:
+                raise ValidationError({"logo": "The image is too large."})
+            image.seek(0)  # an animation's first frame
+            rgba = image.convert("RGBA")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValidationError({"logo": "That file is not an image we can read."}) from exc
+    rgba.thumbnail((LOGO_MAX_SIDE, LOGO_MAX_SIDE))
+    out = io.BytesIO()
+    rgba.save(out, format="PNG", optimize=True)
+    return LogoImage(png=out.getvalue(), width=rgba.width, height=rgba.height)
+
+
+@transaction.atomic
+def portal_set_logo(*, portal: Portal, logo: LogoImage) -> Portal:
+    """Replace the portal's logo (made by ``logo_from_upload``)."""
+    PortalLogo.objects.update_or_create(
+        portal=portal, defaults={"image": logo.png, "width": logo.width, "height": logo.height}
+    )
+    portal.logo_version = hashlib.sha256(logo.png).hexdigest()[:12]
+    portal.save(update_fields=["logo_version"])
+    audit.record("portal.logo_set", portal)
+    return portal
+
+
+@transaction.atomic
+def portal_clear_logo(*, portal: Portal) -> Portal:
+    PortalLogo.objects.filter(portal=portal).delete()
+    portal.logo_version = ""
+    portal.save(update_fields=["logo_version"])
+    audit.record("portal.logo_clear", portal)
+    return portal
 
 
 @transaction.atomic

@@ -11,6 +11,7 @@ app_name = "portal"
 urlpatterns = [
     path("", catalog_views.catalog, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("branding/<slug:slug>/logo-<str:version>.png", views.portal_logo, name="logo"),
     # Catalog (catalog/views.py)
     path("catalog/", catalog_views.catalog, name="catalog"),
     path("catalog/<str:kind>/", catalog_views.catalog, name="catalog_kind"),

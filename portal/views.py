@@ -27,6 +27,17 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
 
 
+@require_GET
+def portal_logo(request: HttpRequest, slug: str, version: str) -> HttpResponse:
+    """A portal's logo. The URL names the logo's version, so it can be cached for good."""
+    logo = selectors.portal_logo_get(slug=slug, version=version)
+    response = HttpResponse(bytes(logo.image), content_type="image/png")
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    # An image and nothing else, even if a browser is asked to treat it as a document.
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response
+
+
 @login_required
 @require_GET
 def playground(request: HttpRequest) -> HttpResponse:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from django.urls import URLPattern, include, path, resolve
 from django.utils import timezone
 
 from catalog import services as catalog_services
-from catalog.models import Plan, Product
+from catalog.models import Product
 from config import api_urls
 from config import urls as root_urls
 from consumers import services
@@ -32,7 +31,7 @@ from gatewaysync.models import GatewayInstance
 from portal import services as portal_services
 from portal.authentication import FAILURES_ALLOWED
 from portal.models import Membership, PersonalAccessToken, Portal
-from tests.conftest import Catalog, make_catalog
+from tests.conftest import make_catalog
 
 # The two include lines config/urls.py gets for the REST API, in front of the project's
 # own routes, so these tests run whether or not the lead has added them there yet.
@@ -54,58 +53,6 @@ def _fresh_cache():
     cache.clear()
     yield
     cache.clear()
-
-
-@dataclass
-class World:
-    catalog: Catalog
-    app: Consumer
-    key: Credential
-    subscription: Subscription  # approved, on catalog.product
-    pending: Subscription  # awaiting review, on the "review" product
-    extra_product: Product  # published, automatic approval, not subscribed yet
-    extra_plan: Plan
-    token: PersonalAccessToken  # the owner's
-    token_plaintext: str
-
-    def ids(self) -> dict[str, Any]:
-        return {
-            "app": self.app.pk,
-            "key": self.key.pk,
-            "sub": self.subscription.pk,
-            "pending": self.pending.pk,
-            "token": self.token.pk,
-            "extra_plan": self.extra_plan.pk,
-        }
-
-
-@pytest.fixture
-def world(owner, outsider, staff) -> World:
-    catalog = make_catalog()
-    for user in (owner, outsider):
-        Membership.objects.create(portal=catalog.portal, user=user, status="approved")
-    app = services.consumer_create(owner=owner, name="alice-app", portal=catalog.portal)
-    key = services.credential_create(consumer=app, name="k").credential
-    sub = services.subscription_create(consumer=app, product=catalog.product, plan=catalog.plan)
-    services.subscription_approve(subscription=sub)
-    review = make_catalog(slug="review").product
-    review.subscription_approval = "manual"
-    review.save(update_fields=["subscription_approval"])
-    pending = services.subscription_create(consumer=app, product=review, plan=review.plans.get())
-    extra = make_catalog(slug="extra")
-    services.consumer_create(owner=outsider, name="mallory-app", portal=catalog.portal)
-    token, plaintext = portal_services.access_token_create(user=owner, name="laptop")
-    return World(
-        catalog=catalog,
-        app=app,
-        key=key,
-        subscription=sub,
-        pending=pending,
-        extra_product=extra.product,
-        extra_plan=extra.plan,
-        token=token,
-        token_plaintext=plaintext,
-    )
 
 
 def client_for(request, persona: str) -> Client:
