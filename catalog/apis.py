@@ -61,7 +61,16 @@ class ProductListApi(PorticoApi):
             kind=filters.validated_data.get("kind"),
             category=filters.validated_data.get("category"),
         )
-        return self.paginate(request, products, self.OutputSerializer)
+        # A page of primary keys first, then its rows: see selectors.products_in_order.
+        paginator = ApiPagination()
+        # (The stubs only allow querysets of models here; one of ids works the same.)
+        pks: list[int] | None = paginator.paginate_queryset(  # type: ignore[assignment]
+            products.values_list("pk", flat=True),  # type: ignore[type-var]
+            request,
+            self,
+        )
+        page = selectors.products_in_order(products=products, pks=pks or [])
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
 class ProductDetailApi(PorticoApi):

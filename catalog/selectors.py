@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -56,6 +58,19 @@ def product_search(
         # The primary key breaks ties between equal names, so pages never overlap.
         .order_by("name", "pk")
     )
+
+
+def products_in_order(*, products: QuerySet[Product], pks: Sequence[int]) -> list[Product]:
+    """The products of ``products`` whose primary keys are ``pks``, in that order.
+
+    The second half of a "deferred join": a page of the catalog is chosen on the primary
+    keys alone (``products.values_list("pk", flat=True)[offset:offset + size]``), so the
+    database sorts narrow rows, not the wide ones (description, guide, search document)
+    that spilled the sort to disk on deep pages; then this fetches the page's full rows,
+    with whatever ``products`` selects and prefetches, in one query plus the prefetches.
+    """
+    by_pk = products.order_by().in_bulk(list(pks))
+    return [by_pk[pk] for pk in pks if pk in by_pk]
 
 
 def product_get_published(*, portal: Portal | None, slug: str) -> Product:

@@ -11,7 +11,12 @@ from django_htmx.middleware import HtmxDetails
 
 from catalog.forms import CatalogSearchForm
 from catalog.models import Product
-from catalog.selectors import category_list_for_catalog, product_get_published, product_search
+from catalog.selectors import (
+    category_list_for_catalog,
+    product_get_published,
+    product_search,
+    products_in_order,
+)
 from consumers.selectors import subscription_panel_for
 from portal.models import Portal
 
@@ -48,7 +53,15 @@ def catalog(request: PortalRequest, kind: str | None = None) -> HttpResponse:
         q=search["q"],
         category=search["category"] or None,
     )
-    page = Paginator(products, PAGE_SIZE).get_page(request.GET.get("page"))
+    # The page is chosen on primary keys alone, then its rows are fetched: a deep page
+    # of a large catalog sorts narrow rows (see products_in_order).
+    page = Paginator(products.values_list("pk", flat=True), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    # The page now holds the products themselves (the stubs type it by the pks).
+    page.object_list = products_in_order(  # type: ignore[assignment]
+        products=products, pks=list(page.object_list)
+    )
     context = {
         "form": form,
         "page": page,

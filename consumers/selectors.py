@@ -64,15 +64,25 @@ def subscription_get_for_user(*, user: User | AnonymousUser, pk: int) -> Subscri
         raise Http404("No such subscription.") from None
 
 
+# The product page lists this many of the visitor's subscriptions to the product; the
+# rest are on each app's page. A thousand apps on one product must not make a long page.
+PANEL_SUBSCRIPTIONS = 20
+
+
 @dataclass(frozen=True)
 class SubscriptionPanel:
     """What the product page offers the visitor: which apps can subscribe under which plan."""
 
     can_subscribe: bool
     reason: str
-    apps: list[Consumer]
+    # (pk, name) of the visitor's apps: only what the form's <select> shows, since a
+    # developer may own thousands (see consumers/templatetags/select_options.py).
+    apps: list[tuple[int, str]]
     plans: list[Plan]
+    # The newest of the visitor's subscriptions to the product, at most
+    # PANEL_SUBSCRIPTIONS; ``more_subscriptions`` says whether there are older ones.
     subscriptions: list[Subscription]
+    more_subscriptions: bool = False
 
 
 def subscription_panel_for(
@@ -82,24 +92,26 @@ def subscription_panel_for(
     if not user.is_authenticated:
         return SubscriptionPanel(False, "Sign in to subscribe an app.", [], plans, [])
     standing = membership_status(user=user, portal=portal)
-    apps = list(Consumer.objects.filter(owner=user).order_by("name"))
+    apps = list(Consumer.objects.filter(owner=user).order_by("name").values_list("pk", "name"))
     subscriptions = list(
         Subscription.objects.filter(consumer__owner=user, product=product)
         .select_related("consumer", "plan")
-        .order_by("-created_at")
+        .order_by("-created_at", "-pk")[: PANEL_SUBSCRIPTIONS + 1]
     )
+    more = len(subscriptions) > PANEL_SUBSCRIPTIONS
+    subscriptions = subscriptions[:PANEL_SUBSCRIPTIONS]
     if standing != Membership.Status.APPROVED:
         reason = (
             "Your developer account is suspended on this portal."
             if standing == Membership.Status.SUSPENDED
             else "Your developer account is waiting for an administrator's approval."
         )
-        return SubscriptionPanel(False, reason, apps, plans, subscriptions)
+        return SubscriptionPanel(False, reason, apps, plans, subscriptions, more)
     if not plans:
         return SubscriptionPanel(
-            False, "This product has no plans yet.", apps, plans, subscriptions
+            False, "This product has no plans yet.", apps, plans, subscriptions, more
         )
-    return SubscriptionPanel(True, "", apps, plans, subscriptions)
+    return SubscriptionPanel(True, "", apps, plans, subscriptions, more)
 
 
 def membership_status(*, user: User | AnonymousUser, portal: Portal | None) -> str | None:

@@ -6,6 +6,7 @@ from django import forms as django_forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -13,6 +14,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from catalog.models import Product
 from catalog.selectors import product_list_published
 from consumers import forms, selectors, services
+
+# Apps per page of "My apps": a developer may own thousands, and the page must render
+# in the same time whatever their number.
+APPS_PAGE_SIZE = 50
 
 
 @login_required
@@ -32,7 +37,8 @@ def app_list(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Created the app “{app.name}”. Now create a key for it.")
             return redirect("portal:app", pk=app.pk)
     apps = selectors.consumer_list_for_user(user=request.user)  # type: ignore[arg-type]
-    return render(request, "consumers/app_list.html", {"apps": apps, "form": form})
+    page = Paginator(apps.order_by("name", "pk"), APPS_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "consumers/app_list.html", {"page": page, "form": form})
 
 
 @login_required

@@ -7,14 +7,19 @@ in heartbeats. Every request needs ``Authorization: Bearer <derived token>``.
 ``PUT /revision``
     Body: a full :class:`gateway.schema.Revision`. Older than the applied one →
     409 ``{"error": "stale", "applied": N}``; the same number → 200 (nothing to do);
-    newer and valid → swapped in, written to ``<state_dir>/revision.json``, 200
-    ``{"applied": N}``. Invalid → 400 ``{"error": "<reason>", "applied": N | null}``
-    and the previous revision keeps serving.
+    newer and valid → swapped in, written to ``<state_dir>/revision.json`` (with an
+    empty delta log after it), 200 ``{"applied": N}``. Invalid → 400
+    ``{"error": "<reason>", "applied": N | null}`` and the previous revision keeps
+    serving. A large document is decoded and indexed in small steps between which
+    the event loop serves requests (``gateway.revision``), so a million-key push does
+    not pause traffic.
 ``POST /revision/delta``
     Body: a :class:`gateway.schema.Delta`. No revision applied, or ``base`` is not the
     applied revision → 409 ``{"error": "base_mismatch", "applied": N | null}`` (send
     the full revision instead); ``revision`` already applied → 200; otherwise applied,
-    persisted as a full document, 200 ``{"applied": N}``. Invalid → 400 as above.
+    appended to the delta log ``<state_dir>/revision.log``, 200 ``{"applied": N}``.
+    Invalid → 400 as above. Once the log outgrows an eighth of the snapshot, a fresh
+    snapshot replaces both, in the background.
 ``GET /status``
     ``{"instance_id": ..., "applied": N | null, "pid": ...}``.
 """
@@ -24,35 +29,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway.revision import (
     AppliedRevision,
+    Buffer,
+    Pacer,
     RevisionError,
     apply_delta,
-    build,
+    build_incrementally,
     decode_delta,
-    decode_revision,
-    encode,
+    discard,
+    encode_incrementally,
+    open_revision,
 )
 from gateway.secrets import GatewayKeys
-from gateway.store import RevisionStore
+from gateway.store import Appended, RevisionStore
 
 log = logging.getLogger("gateway.admin")
 
-# A revision with a million keys is a few hundred MB of JSON; smaller ones would not
+# A revision with a million keys is over a hundred MB of JSON; smaller ones would not
 # reach the gateway at all.
 MAX_REVISION_BYTES = 1 << 30
-# Decoding beyond this size would hold the event loop long enough to delay requests.
-_OFF_LOOP_BYTES = 256 * 1024
+# Bodies above this are read by ``_read_body``.
+_LARGE_BODY_BYTES = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 
 def _json(status: int, payload: object) -> web.Response:
@@ -73,6 +80,8 @@ class AdminListener:
         # Serialises applies so that a slow, older push cannot land after a newer one.
         self._lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
+        # Background work: freeing replaced revisions, compacting the delta log.
+        self._tasks: set[asyncio.Task[None]] = set()
         self.bound_port: int | None = None
 
     async def start(self) -> int:
@@ -93,6 +102,10 @@ class AdminListener:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        # Safe to cut short: a snapshot is replaced by a rename, never half-written.
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -108,25 +121,34 @@ class AdminListener:
         )
 
     async def _put_revision(self, request: web.Request) -> web.Response:
-        raw = await request.read()
+        raw = await _read_body(request)
         async with self._lock:
+            started = time.perf_counter()
             applied = self._store.number
             try:
-                doc = await _off_loop_if_large(len(raw), decode_revision, raw)
-                if applied is not None and doc.revision < applied:
+                incoming = open_revision(raw)
+                if applied is not None and incoming.number < applied:
                     return _json(409, {"error": "stale", "applied": applied})
-                if doc.revision == applied:
+                if incoming.number == applied:
                     return _json(200, {"applied": applied})
-                revision = await _off_loop_if_large(len(raw), build, doc, self._keys)
+                revision = await build_incrementally(incoming, self._keys, Pacer())
             except RevisionError as exc:
                 log.warning("rejected revision push: %s", exc)
                 return _json(400, {"error": str(exc), "applied": applied})
-            await self._swap(revision, raw, "revision")
+            del incoming
+            self._swap(revision, "revision", started)
+            try:
+                await self._store.save_snapshot(raw, revision.number)
+            except OSError as exc:
+                # The revision serves from memory; only a restart before the next push
+                # would fall back to the older state on disk.
+                log.error("applied revision %d but could not persist it: %s", revision.number, exc)
             return _json(200, {"applied": revision.number})
 
     async def _post_delta(self, request: web.Request) -> web.Response:
         raw = await request.read()
         async with self._lock:
+            started = time.perf_counter()
             current = self._store.current
             applied = None if current is None else current.number
             try:
@@ -139,27 +161,80 @@ class AdminListener:
             except RevisionError as exc:
                 log.warning("rejected delta push: %s", exc)
                 return _json(400, {"error": str(exc), "applied": applied})
-            # Requests switch over before the (possibly large) document is re-encoded.
-            await self._swap(revision, None, "delta")
+            self._swap(revision, "delta", started)
+            try:
+                outcome = await self._store.append_delta(delta)
+                if outcome is Appended.NEEDS_SNAPSHOT:
+                    await self._write_snapshot(revision)
+            except OSError as exc:
+                log.error("applied delta %d but could not persist it: %s", revision.number, exc)
+            else:
+                if self._store.needs_compaction():
+                    self._spawn(self._compact())
             return _json(200, {"applied": revision.number})
 
-    async def _swap(self, revision: AppliedRevision, raw: bytes | None, kind: str) -> None:
-        previous = self._store.number
+    def _swap(self, revision: AppliedRevision, kind: str, started: float) -> None:
+        previous = self._store.current
         self._store.current = revision
-        log.info("applied %s %d (was %s)", kind, revision.number, previous)
-        try:
-            if raw is None:
-                raw = await asyncio.to_thread(encode, revision.doc)
-            await self._store.persist(raw)
-        except OSError as exc:
-            # The revision serves from memory; only a restart before the next push
-            # would fall back to the older file.
-            log.error("applied revision %d but could not persist it: %s", revision.number, exc)
+        log.info(
+            "applied %s %d (was %s; %d credentials) in %.3f s",
+            kind,
+            revision.number,
+            None if previous is None else previous.number,
+            len(revision.credentials),
+            time.perf_counter() - started,
+        )
+        if previous is not None and previous.credentials is not revision.credentials:
+            # Freed in steps: dropping a million entries at once would stall requests.
+            self._spawn(discard(previous, Pacer()))
+
+    async def _write_snapshot(
+        self, revision: AppliedRevision, *, replace_same: bool = False
+    ) -> None:
+        """Write ``revision`` as a full snapshot (the caller holds ``_lock``)."""
+        pieces = await encode_incrementally(revision, Pacer())
+        await self._store.save_snapshot(pieces, revision.number, replace_same=replace_same)
+
+    async def _compact(self) -> None:
+        async with self._lock:
+            current = self._store.current
+            if current is None or not self._store.needs_compaction():
+                return
+            started = time.perf_counter()
+            try:
+                await self._write_snapshot(current, replace_same=True)
+            except OSError as exc:
+                log.error("could not compact the delta log: %s", exc)
+                return
+            log.info(
+                "wrote revision %d as a fresh snapshot in %.2f s (delta log compacted)",
+                current.number,
+                time.perf_counter() - started,
+            )
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
-async def _off_loop_if_large(
-    size: int, func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
-) -> _R:
-    if size > _OFF_LOOP_BYTES:
-        return await asyncio.to_thread(func, *args, **kwargs)
-    return func(*args, **kwargs)
+async def _read_body(request: web.Request) -> Buffer:
+    """The request body; a large one grown in place rather than joined at the end.
+
+    ``request.read()`` ends by copying a hundred MB into a new ``bytes`` at once, and
+    ``bytearray(n)`` zero-fills; growing a ``bytearray`` costs neither (glibc moves a
+    large block with ``mremap``, without copying).
+    """
+    length = request.content_length
+    if length is None or length < _LARGE_BODY_BYTES:
+        return await request.read()  # bounded by client_max_size
+    if length > MAX_REVISION_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_REVISION_BYTES, actual_size=length)
+    buffer = bytearray()
+    async for chunk in request.content.iter_any():
+        buffer += chunk
+        if len(buffer) > length:
+            raise web.HTTPBadRequest(text="body longer than its Content-Length")
+    if len(buffer) != length:
+        raise web.HTTPBadRequest(text="body shorter than its Content-Length")
+    return buffer

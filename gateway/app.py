@@ -288,7 +288,7 @@ class Gateway:
                 code="invalid_api_key",
             )
         doc = revision.doc
-        credential = doc.credentials.get(hash_key(key))
+        credential = revision.credentials.get(hash_key(key))
         if credential is not None and (
             credential.expires_at is None or credential.expires_at >= time.time()
         ):

@@ -47,8 +47,8 @@ class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: dict[str, ModelRoute] = {}
 
 
-class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Limits of a subscription; ``None`` means unlimited."""
+class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """Limits of a subscription; ``None`` means unlimited. (``gc=False``: see Consumer.)"""
 
     id: PositiveInt
     name: Name
@@ -57,15 +57,23 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tokens_per_day: PositiveInt | None = None
 
 
-class Subscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An approved subscription (only approved ones are compiled in)."""
+class Subscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """An approved subscription (only approved ones are compiled in). ``gc=False``: see
+    Consumer."""
 
     id: PositiveInt
     plan: Plan
 
 
-class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An active consumer and its approved subscriptions, keyed by product slug."""
+class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """An active consumer and its approved subscriptions, keyed by product slug.
+
+    ``gc=False`` here and on Subscription and Plan: a large revision holds hundreds of
+    thousands of each, decoded and never mutated, so they cannot form cycles; tracked,
+    every full collection would walk them all (tens of milliseconds at 100,000
+    consumers) while requests wait. Their ``subscriptions`` dicts then hold only
+    untracked objects, and CPython leaves such dicts untracked too.
+    """
 
     id: PositiveInt
     subscriptions: dict[str, Subscription] = {}

@@ -245,8 +245,12 @@ def test_the_owner_sees_their_apps_calls_and_never_another_developers(as_owner, 
     assert {row.model for row in report.breakdown} == {"chat-model"}
     assert sum(page_chart_data(response)["requests"]) == 2
     assert sum(page_chart_data(response)["errors"]) == 0
-    assert list(response.context["apps"]) == [world.app, world.other_app]
-    assert [p.slug for p in response.context["products"]] == ["chat", "embed"]
+    # The filters' choices, as (pk, label) pairs.
+    assert list(response.context["apps"]) == [(world.app.pk, "alpha"), (world.other_app.pk, "beta")]
+    assert list(response.context["products"]) == [
+        (world.chat.product.pk, "Chat"),
+        (world.embed.product.pk, "Embed"),
+    ]
     html = response.content.decode()
     assert "mallory" not in html
     assert "Chat" in html
@@ -267,7 +271,11 @@ def test_staff_see_every_developers_apps(client, staff, world):
     client.force_login(staff)
     response = client.get(USAGE)
     assert response.context["report"].totals.requests == 3
-    assert set(response.context["apps"]) == {world.app, world.other_app, world.theirs}
+    assert {pk for pk, _ in response.context["apps"]} == {
+        world.app.pk,
+        world.other_app.pk,
+        world.theirs.pk,
+    }
     assert "mallory-bot (mallory)" in response.content.decode()
     narrowed = client.get(USAGE, {"app": world.theirs.pk})
     assert narrowed.context["report"].totals.requests == 2

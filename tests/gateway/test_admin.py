@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
 from gateway.revision import encode
 from gateway.schema import Credential, Revision
+from gateway.store import RevisionStore
 from tests.gateway.conftest import ALICE, Gateway, World, sha256
 
 pytestmark = pytest.mark.e2e
@@ -97,10 +100,14 @@ def test_revoked_key_is_refused_after_delta_while_other_keys_work(
     assert gw.chat(world.bob_key, {"model": "other-model", "messages": []}).status_code == 200
     # The control plane's numbering moves on with the delta.
     world.next_number()
-    # What is on disk is the revision after the delta, so a restart keeps the revocation.
-    on_disk = msgspec.json.decode((gw.state_dir / "revision.json").read_bytes(), type=Revision)
-    assert on_disk.revision == applied + 1
-    assert sha256(world.alice_key) not in on_disk.credentials
+    # What is on disk (snapshot plus delta log) is the revision after the delta, so a
+    # restart keeps the revocation.
+    on_disk = RevisionStore(gw.state_dir)
+    asyncio.run(on_disk.load(world.keys))
+    assert on_disk.current is not None
+    assert on_disk.number == applied + 1
+    assert sha256(world.alice_key) not in on_disk.current.credentials
+    assert sha256(world.alice_second_key) in on_disk.current.credentials
 
 
 def test_key_added_by_delta_works_at_once(gw: Gateway, world: World) -> None:

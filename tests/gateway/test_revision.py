@@ -156,12 +156,25 @@ def test_delta_revokes_and_adds_credentials_and_keeps_everything_else() -> None:
         ),
     )
     assert result.number == 6
-    assert KEY_HASH not in result.doc.credentials
-    assert result.doc.credentials[OTHER_HASH].id == 71
+    assert KEY_HASH not in result.credentials
+    assert result.credentials[OTHER_HASH].id == 71
     assert result.models is applied.models
     assert result.doc.products == applied.doc.products
-    # The applied revision it was built from is untouched: in-flight requests keep it.
-    assert KEY_HASH in applied.doc.credentials
+    assert applied.number == 5
+
+
+def test_rejected_delta_changes_nothing() -> None:
+    applied = build(revision(), KEYS)
+    bad = delta(
+        credentials_remove=[KEY_HASH],
+        credentials_upsert={
+            OTHER_HASH: Credential(id=71, consumer=7),
+            "f" * 64: Credential(id=72, consumer=8),
+        },
+    )
+    with pytest.raises(RevisionError, match="unknown consumer 8"):
+        apply_delta(applied, bad)
+    assert dict(applied.credentials) == {KEY_HASH: Credential(id=70, consumer=7)}
 
 
 def test_delta_adding_a_credential_of_an_unknown_consumer_is_rejected() -> None:
