@@ -1,8 +1,19 @@
-"""``python -m bench``: measure the gateway against its ceiling, and record the figures.
+"""``python -m bench``: measure Portico, side by side with its ceiling and its peers.
 
-Method. Every server runs as one process. The server under test is pinned to core 0;
-the mock upstream and wrk (one thread) share core 1, so the figures are per core of
-the server under test. Each target is measured non-streaming and with 20-chunk
+Suites (``--suites``, all by default), each a section of ``bench/results/<date>.md``:
+
+- ``proxy`` (here): gateway throughput, latency and CPU per request against the bare
+  proxy, the upstream alone and the LiteLLM proxy;
+- ``keyscale`` (``bench/keyscale.py``): 10,000- and 1,000,000-key revisions — apply
+  time under traffic, RSS, lookup cost;
+- ``revocation`` (``bench/revocation.py``): time from a key's revocation committing in
+  the control plane to a 401 at every gateway process;
+- ``pages`` (``bench/portal_pages.py``): portal pages and API lists at 10,000 products
+  and 100,000 consumers — server time and query counts.
+
+The proxy suite's method. Every server runs as one process. The server under test is
+pinned to core 0; the mock upstream and wrk (one thread) share core 1, so the figures
+are per core of the server under test. Each target is measured non-streaming and with 20-chunk
 streams, at 1 connection (latency) and 50 connections (throughput), for ``--runs``
 runs of ``--duration`` seconds after a warm-up; the report gives min/median/max over
 runs. CPU per request is the server process's user+system CPU time over the run
@@ -14,7 +25,12 @@ Targets:
   policy — the ceiling for a Python proxy here;
 - ``gateway``: ``python -m gateway`` with a pushed revision, key authentication,
   subscription check, usage events to a Redis stream (when ``redis-server`` is
-  installed; else to the disk spool) — the full path an app's call takes today.
+  installed; else to the disk spool) — the full path an app's call takes today;
+- ``gateway-2p``: the same with two worker processes, unpinned, to see how it scales
+  (see the report's note: this machine has no spare core for the load generator);
+- ``litellm``: the LiteLLM proxy (``litellm[proxy]==1.108.7``, installed into its own
+  virtualenv under ``var/bench/litellm`` on first use), one worker, no database, a
+  random master key, the local model cost map — against the same mock.
 
 Writes ``bench/results/<date>.md`` and prints its summary table.
 """
@@ -53,7 +69,10 @@ SCENARIOS = {
     "non-stream": ("mock", "bench", False),
     "stream-20": ("mock-chunks-20", "bench-stream", True),
 }
-CONCURRENCY = (1, 50)
+CONCURRENCY = (1, 50, 500)
+LITELLM_VERSION = "1.108.7"
+LITELLM_VENV = ROOT / "var" / "bench" / "litellm"
+ALL_TARGETS = "direct,bare,gateway,gateway-2p,litellm"
 
 
 @dataclass
@@ -95,15 +114,71 @@ def ensure_wrk() -> str:
     return found
 
 
+def ensure_litellm() -> Path:
+    """The LiteLLM proxy's executable, installed into its own virtualenv on first use."""
+    exe = LITELLM_VENV / "bin" / "litellm"
+    stamp = LITELLM_VENV / f".installed-{LITELLM_VERSION}"
+    if exe.exists() and stamp.exists():
+        return exe
+    print(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV}…", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "-q"]
+    subprocess.run([*pip, f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+    stamp.touch()
+    return exe
+
+
+def litellm_config(path: Path, mock_url: str, upstream_key: str, master_key: str) -> None:
+    """LiteLLM's config: the bench's public models routed to the mock, as the gateway's."""
+    lines = ["model_list:"]
+    for upstream, public, _ in SCENARIOS.values():
+        lines += [
+            f"  - model_name: {public}",
+            "    litellm_params:",
+            f"      model: openai/{upstream}",
+            f"      api_base: {mock_url}",
+            f"      api_key: {upstream_key}",
+        ]
+    lines += ["general_settings:", f"  master_key: {master_key}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def pin(pid: int, core: int) -> None:
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(pid, {core})
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: int | list[int]) -> float:
+    """User+system CPU seconds of the server process(es) under test."""
+    total = 0
+    for pid in [pids] if isinstance(pids, int) else pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes of a uvicorn supervisor."""
+    tasks = Path(f"/proc/{pid}/task")
+    found: list[int] = []
+    for task in tasks.iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _ready_everywhere(port: int, workers: int) -> bool:
+    """True when every worker answers ready: enough consecutive 200s to have hit each."""
+    try:
+        with httpx.Client() as client:  # a fresh connection each time, spread by the kernel
+            return all(
+                client.get(
+                    f"http://127.0.0.1:{port}/readyz", headers={"Connection": "close"}
+                ).status_code
+                == 200
+                for _ in range(10 * workers)
+            )
+    except httpx.HTTPError:
+        return False
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -134,11 +209,13 @@ def cpu_times() -> tuple[int, int]:
 
 
 def run_wrk(
-    wrk: str, url: str, script: Path, connections: int, duration: int, server_pid: int
+    wrk: str, url: str, script: Path, connections: int, duration: int, server_pid: int | list[int]
 ) -> Run:
     before = cpu_seconds(server_pid)
     steal_before, total_before = cpu_times()
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
+    # A generous timeout: a slow server's requests count as slow, not as lost.
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", "--latency"]
+    argv += ["-s", str(script), url]
     completed = subprocess.run(
         argv,
         capture_output=True,
@@ -151,7 +228,9 @@ def run_wrk(
     out = completed.stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non_2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, flags=re.MULTILINE))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, flags=re.MULTILINE))
+    if set(latency) != {"50", "99"}:
+        raise RuntimeError(f"wrk measured nothing at {url}:\n{out}\n{completed.stderr}")
     return Run(
         # Time the hypervisor gave to other guests: figures taken under high steal are
         # noise, so every run reports it.
@@ -198,7 +277,7 @@ def bench_revision(keys: GatewayKeys, mock_url: str, upstream_key: str, app_key:
 
 
 def versions() -> str:
-    names = ["uvicorn", "uvloop", "httptools", "aiohttp", "orjson", "msgspec"]
+    names = ["uvicorn", "uvloop", "httptools", "aiohttp", "orjson", "msgspec", "Django"]
     return ", ".join(f"{n} {importlib.metadata.version(n)}" for n in names)
 
 
@@ -209,16 +288,73 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+SUITES = "proxy,keyscale,revocation,pages"
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Portico gateway benchmarks")
+    parser = argparse.ArgumentParser(description="Portico benchmarks")
+    parser.add_argument("--suites", default=SUITES, help=f"comma-separated subset of {SUITES}")
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="report path")
+    parser.add_argument("--keys", default="10000,1000000", help="keyscale: revision sizes in keys")
     parser.add_argument(
-        "--targets", default="direct,bare,gateway", help="comma-separated subset to measure"
+        "--revocation-keys", type=int, default=100_000, help="revocation: keys in the database"
+    )
+    parser.add_argument("--trials", type=int, default=50, help="revocation: trials")
+    parser.add_argument("--products", type=int, default=10_000, help="pages: products")
+    parser.add_argument("--consumers", type=int, default=100_000, help="pages: consumers")
+    parser.add_argument("--samples", type=int, default=50, help="pages: requests per page")
+    parser.add_argument(
+        "--targets", default=ALL_TARGETS, help=f"comma-separated subset of {ALL_TARGETS}"
+    )
+    parser.add_argument(
+        "--concurrency",
+        default=",".join(map(str, CONCURRENCY)),
+        help="comma-separated connection counts",
     )
     parser.add_argument("--no-redis", action="store_true", help="gateway usage to the disk spool")
     args = parser.parse_args()
+    suites = args.suites.split(",")
+    header = [
+        f"# Benchmark results, {dt.date.today().isoformat()}",
+        "",
+        f"- machine: {os.cpu_count()} cores ({cpu_model()}), "
+        f"Python {platform.python_version()}, {platform.platform()}",
+        f"- versions: {versions()}",
+        f"- command: `python -m bench {' '.join(sys.argv[1:])}`",
+        "",
+    ]
+    sections = ["\n".join(header)]
+    if "proxy" in suites:
+        sections.append(proxy_suite(args))
+    if "keyscale" in suites:
+        from bench import keyscale
+
+        keys = [int(k) for k in args.keys.split(",")]
+        sections.append(keyscale.run(keys=keys, runs=args.runs))
+    if "revocation" in suites:
+        from bench import revocation
+
+        for gateways in (1, 2):
+            sections.append(
+                revocation.run(keys=args.revocation_keys, trials=args.trials, gateways=gateways)
+            )
+    if "pages" in suites:
+        from bench import portal_pages
+
+        sections.append(
+            portal_pages.run(products=args.products, consumers=args.consumers, samples=args.samples)
+        )
+    out = args.out or RESULTS / f"{dt.date.today().isoformat()}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n\n".join(section.strip("\n") for section in sections) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def proxy_suite(args: argparse.Namespace) -> str:
+    """The proxy throughput and latency table: every target, scenario and concurrency."""
     wrk = ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="portico-bench-"))
     stack = Stack(log_dir=tmp / "log")
@@ -226,8 +362,13 @@ def main() -> int:
     keys = GatewayKeys.from_secret(keys_secret)
     upstream_key = "sk-bench-" + secrets.token_urlsafe(16)
     app_key = generate_key()
-    mock_port, bare_port, gw_port, admin_port = (free_port() for _ in range(4))
+    mock_port, bare_port, gw_port, admin_port, gw2_port, litellm_port = (
+        free_port() for _ in range(6)
+    )
+    wanted = args.targets.split(",")
+    concurrency = [int(c) for c in args.concurrency.split(",")]
     results: list[Result] = []
+    app_keys: dict[str, str] = {}  # per target, where it is not the gateway's app key
     usage_sink = "disk spool (no redis-server found)"
     try:
         mock = stack.start(
@@ -296,7 +437,7 @@ def main() -> int:
         wait_until(lambda: _listening(bare_port), timeout=15, what="the bare proxy")
         pin(bare.process.pid, 0)
 
-        targets = {
+        targets: dict[str, tuple[str, int | list[int], bool]] = {
             "direct": (
                 f"http://127.0.0.1:{mock_port}/v1/chat/completions",
                 mock.process.pid,
@@ -309,9 +450,68 @@ def main() -> int:
                 True,
             ),
         }
+        if "gateway-2p" in wanted:
+            # Two workers load the revision the single process saved as last-known-good.
+            wait_until(
+                lambda: any((tmp / "gateway").iterdir()),
+                timeout=10,
+                what="the gateway to save its revision",
+            )
+            shutil.copytree(tmp / "gateway", tmp / "gateway-2p")
+            two = stack.start(
+                "gateway-2p",
+                [PYTHON, "-m", "gateway"],
+                env={
+                    **gateway_env,
+                    "PORTICO_GATEWAY_PORT": str(gw2_port),
+                    "PORTICO_GATEWAY_ADMIN_PORT": "0",
+                    "PORTICO_GATEWAY_WORKERS": "2",
+                    "PORTICO_GATEWAY_STATE_DIR": str(tmp / "gateway-2p"),
+                },
+                ready_url=f"http://127.0.0.1:{gw2_port}/healthz",
+            )
+            wait_until(
+                lambda: _ready_everywhere(gw2_port, 2),
+                timeout=30,
+                what="both gateway workers to load the revision",
+            )
+            targets["gateway-2p"] = (
+                f"http://127.0.0.1:{gw2_port}/v1/chat/completions",
+                _children(two.process.pid),
+                True,
+            )
+        if "litellm" in wanted:
+            litellm_exe = ensure_litellm()
+            master_key = "sk-" + secrets.token_urlsafe(24)
+            config = tmp / "litellm.yaml"
+            litellm_config(config, f"http://127.0.0.1:{mock_port}/v1", upstream_key, master_key)
+            litellm = stack.start(
+                "litellm",
+                [
+                    str(litellm_exe),
+                    "--config",
+                    str(config),
+                    "--port",
+                    str(litellm_port),
+                    "--host",
+                    "127.0.0.1",
+                    "--num_workers",
+                    "1",
+                ],
+                env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"},
+                ready_url=f"http://127.0.0.1:{litellm_port}/health/liveliness",
+                ready_timeout=180,
+            )
+            pin(litellm.process.pid, 0)
+            targets["litellm"] = (
+                f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
+                litellm.process.pid,
+                True,
+            )
+            app_keys["litellm"] = master_key
         for scenario, (upstream_model, public_model, stream) in SCENARIOS.items():
             for target, (url, pid, via_gateway) in targets.items():
-                if target not in args.targets.split(","):
+                if target not in wanted:
                     continue
                 body: dict[str, object] = {
                     "model": public_model if via_gateway else upstream_model,
@@ -322,9 +522,11 @@ def main() -> int:
                 script = tmp / f"{target}-{scenario}.lua"
                 # Straight at the mock, wrk presents the upstream key itself; the bare
                 # proxy adds it as the gateway does.
-                wrk_script(script, body, app_key if via_gateway else upstream_key)
+                wrk_script(
+                    script, body, app_keys.get(target, app_key) if via_gateway else upstream_key
+                )
                 run_wrk(wrk, url, script, 10, 1, pid)  # warm-up
-                for connections in CONCURRENCY:
+                for connections in concurrency:
                     result = Result(target, scenario, connections)
                     for _ in range(args.runs):
                         result.runs.append(
@@ -334,13 +536,8 @@ def main() -> int:
                     print(_line(result), flush=True)
     finally:
         stack.stop_all()
-    report = render(results, args, usage_sink)
-    out = args.out or RESULTS / f"{dt.date.today().isoformat()}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(f"\nwrote {out}")
     print(summary(results))
-    return 0
+    return render(results, args, usage_sink)
 
 
 def _listening(port: int) -> bool:
@@ -371,38 +568,81 @@ def _find(results: list[Result], target: str, scenario: str, connections: int) -
 
 def summary(results: list[Result]) -> str:
     rows = [
-        "| target | non-stream req/s (c=50) | 20-chunk streams/s (c=50) "
+        "| target | non-stream req/s (c=50) | 20-chunk streams/s (c=50) | req/s at c=500 "
         "| CPU per request (non-stream, c=50) | p50 at c=1 | p99 at c=1 |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for target in ("direct", "bare", "gateway"):
+    for target in ALL_TARGETS.split(","):
         ns = _find(results, target, "non-stream", 50)
         st = _find(results, target, "stream-20", 50)
         c1 = _find(results, target, "non-stream", 1)
+        c500 = _find(results, target, "non-stream", 500)
         if not (ns and st and c1):
             continue
         rows.append(
             f"| {target} | {ns.median('rps'):,.0f} | {st.median('rps'):,.0f} | "
+            f"{c500.median('rps') if c500 else float('nan'):,.0f} | "
             f"{ns.median('cpu_us_per_request'):.0f} µs | {c1.median('p50_ms') * 1000:.0f} µs | "
             f"{c1.median('p99_ms') * 1000:.0f} µs |"
         )
-    gw, bare = _find(results, "gateway", "non-stream", 50), _find(results, "bare", "non-stream", 50)
-    if gw and bare:
-        rows.append("")
+    rows.append("")
+    for label, a, b, scenario, attr in [
+        (
+            "Gateway / bare proxy throughput (non-stream, c=50)",
+            "gateway",
+            "bare",
+            "non-stream",
+            "rps",
+        ),
+        (
+            "Gateway / LiteLLM throughput (non-stream, c=50)",
+            "gateway",
+            "litellm",
+            "non-stream",
+            "rps",
+        ),
+        (
+            "Gateway / LiteLLM throughput (20-chunk streams, c=50)",
+            "gateway",
+            "litellm",
+            "stream-20",
+            "rps",
+        ),
+        (
+            "Two gateway processes / one, throughput (non-stream, c=50)",
+            "gateway-2p",
+            "gateway",
+            "non-stream",
+            "rps",
+        ),
+        (
+            "Two gateway processes / one, CPU per request (non-stream, c=50)",
+            "gateway-2p",
+            "gateway",
+            "non-stream",
+            "cpu_us_per_request",
+        ),
+    ]:
+        x, y = _find(results, a, scenario, 50), _find(results, b, scenario, 50)
+        if x and y:
+            rows.append(f"- {label}: {x.median(attr) / y.median(attr):.2f}x")
+    direct, gw = (
+        _find(results, "direct", "non-stream", 1),
+        _find(results, "gateway", "non-stream", 1),
+    )
+    if direct and gw:
         rows.append(
-            f"Gateway / bare proxy throughput (non-stream, c=50): "
-            f"{gw.median('rps') / bare.median('rps'):.0%}"
+            "- Latency the gateway adds at c=1 (non-stream): "
+            f"p50 {(gw.median('p50_ms') - direct.median('p50_ms')) * 1000:.0f} µs, "
+            f"p99 {(gw.median('p99_ms') - direct.median('p99_ms')) * 1000:.0f} µs"
         )
     return "\n".join(rows)
 
 
 def render(results: list[Result], args: argparse.Namespace, usage_sink: str) -> str:
     lines = [
-        f"# Benchmark results, {dt.date.today().isoformat()}",
+        "## Proxy throughput and latency",
         "",
-        f"- machine: {os.cpu_count()} cores ({cpu_model()}), "
-        f"Python {platform.python_version()}, {platform.platform()}",
-        f"- versions: {versions()}",
         f"- method: see `bench/__main__.py`; {args.runs} runs of {args.duration} s per cell "
         "after a 1 s warm-up; server under test pinned to core 0, mock and wrk (1 thread) "
         "on core 1",
@@ -410,11 +650,11 @@ def render(results: list[Result], args: argparse.Namespace, usage_sink: str) -> 
         "- steal: share of the machine's CPU time the hypervisor gave to other guests during "
         "the run; figures taken under high steal understate what the code can do",
         "",
-        "## Summary (medians)",
+        "### Summary (medians)",
         "",
         summary(results),
         "",
-        "## Every cell (min / median / max over runs)",
+        "### Every cell (min / median / max over runs)",
         "",
         "| target | scenario | connections | req/s | p50 ms | p99 ms | CPU µs/request | non-2xx "
         "| steal % |",

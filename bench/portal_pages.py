@@ -185,6 +185,7 @@ def seed(*, products: int, consumers: int, usage_records: int, rnd: random.Rando
     from catalog import services as catalog_services
     from catalog.models import Category, ModelRoute, Plan, Product
     from consumers.models import Consumer, Credential, Subscription, UsageRecord
+    from consumers.services import usage_hourly_rebuild
     from portal.models import Membership
     from tests.conftest import make_catalog
 
@@ -342,6 +343,9 @@ def seed(*, products: int, consumers: int, usage_records: int, rnd: random.Rando
                 UsageRecord.objects.bulk_create(records)
                 records.clear()
         UsageRecord.objects.bulk_create(records)
+    # Raw records were bulk-loaded past the ingest path, so roll them up as a bulk
+    # import would (the dashboard reads the hourly rollups).
+    usage_hourly_rebuild()
 
     # Fresh statistics, as autovacuum (PostgreSQL) would have gathered by now.
     with connection.cursor() as cursor:

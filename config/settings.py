@@ -58,6 +58,9 @@ PORTICO_GATEWAY_INSTANCE_TTL = env_int("PORTICO_GATEWAY_INSTANCE_TTL", 30, minim
 # How many compiled revisions to keep (older ones are pruned; a gateway that far
 # behind simply gets the newest full revision).
 PORTICO_REVISIONS_KEPT = env_int("PORTICO_REVISIONS_KEPT", 20, minimum=2)
+# Key changes reach gateways as deltas; this often the whole state is compiled anyway,
+# catching expiries and drift (gatewaysync.tasks.revision_reconcile_task).
+PORTICO_FULL_COMPILE_SECONDS = env_int("PORTICO_FULL_COMPILE_SECONDS", 600, minimum=10)
 PORTICO_RECONCILE_SECONDS = env_int("PORTICO_RECONCILE_SECONDS", 5, minimum=1)
 
 INSTALLED_APPS = [

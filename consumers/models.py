@@ -123,3 +123,61 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.status}"
+
+
+class UsageHourly(models.Model):
+    """The calls of one hour (UTC) by one app to one product and model, summed.
+
+    Maintained by ``consumers.services.usage_records_ingest`` in the transaction that
+    inserts the raw records, from exactly the records it inserted, so every call is
+    counted once; the dashboards read these rows instead of aggregating raw records.
+    :class:`UsageRecord` stays the per-call truth (the CSV of calls, audits, rebuilds).
+
+    ``consumer_id`` and ``product_id`` are 0 for a call without an app or product (NULL
+    in the raw record): a unique constraint treats NULLs as distinct, so the additive
+    upsert (``ON CONFLICT ... DO UPDATE``) could not find such rows again. Real ids
+    start at 1.
+
+    Latency is kept as a sum and a maximum, which is all the dashboards show (average
+    and slowest call); sums and maxima of hours add up exactly into days and windows.
+    """
+
+    hour = models.DateTimeField()
+    consumer_id = models.BigIntegerField()
+    product_id = models.BigIntegerField()
+    model = models.CharField(max_length=200, blank=True)
+    requests = models.BigIntegerField()
+    errors = models.BigIntegerField()
+    prompt_tokens = models.BigIntegerField()
+    completion_tokens = models.BigIntegerField()
+    latency_sum_ms = models.FloatField()
+    latency_max_ms = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "consumer_id", "product_id", "model"], name="usage_hourly_key"
+            )
+        ]
+        indexes = [
+            # Covering (on PostgreSQL): a developer's dashboard reads every row of their
+            # apps in the window from the index alone, without visiting the table.
+            models.Index(
+                fields=["consumer_id", "hour"],
+                name="usage_hourly_consumer",
+                include=[
+                    "product_id",
+                    "model",
+                    "requests",
+                    "errors",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "latency_sum_ms",
+                    "latency_max_ms",
+                ],
+            ),
+            models.Index(fields=["product_id", "hour"], name="usage_hourly_product"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h app {self.consumer_id}: {self.requests} calls"

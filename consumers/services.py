@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Count, Field, Max, Min, Model, Q, Sum, Value
+from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 
 from catalog.models import Plan, Product
-from consumers.models import Consumer, Credential, Subscription, UsageRecord
+from consumers.models import Consumer, Credential, Subscription, UsageHourly, UsageRecord
 from consumers.tasks import subscription_notify_task
 from gateway import keys, schema
 from gatewaysync.services import gateway_changed
@@ -86,7 +89,7 @@ def credential_create(
     credential.full_clean(exclude=["key_hash", "display_prefix"])
     credential.save()
     audit.record("credential.create", credential, consumer=consumer.pk)
-    gateway_changed()
+    gateway_changed(credentials=[credential])
     return IssuedCredential(credential=credential, key=key)
 
 
@@ -111,7 +114,7 @@ def credential_rotate(*, credential: Credential, grace_seconds: int) -> IssuedCr
         if credential.expires_at is None or ends < credential.expires_at:
             credential.expires_at = ends
             credential.save(update_fields=["expires_at"])
-            gateway_changed()
+            gateway_changed(credentials=[credential])
         audit.record(
             "credential.rotate",
             credential,
@@ -128,7 +131,7 @@ def credential_revoke(*, credential: Credential) -> Credential:
         credential.revoked_at = timezone.now()
         credential.save(update_fields=["revoked_at"])
         audit.record("credential.revoke", credential)
-        gateway_changed()
+        gateway_changed(credentials=[credential])
     return credential
 
 
@@ -224,56 +227,251 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
+# Records per INSERT: 14 parameters each stays far below SQLite's 32,766 variables and
+# PostgreSQL's 65,535.
+_INGEST_CHUNK = 500
+
+_RECORD_FIELDS = (
+    "event_id",
+    "request_id",
+    "ts",
+    "gateway",
+    "route",
+    "consumer_id",
+    "credential_id",
+    "product_id",
+    "model",
+    "status",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "stream",
+)
+
+_HOURLY_KEY = ("hour", "consumer_id", "product_id", "model")
+_HOURLY_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_sum_ms")
+
+
 @transaction.atomic
 def usage_records_ingest(*, events: Iterable[schema.UsageEvent]) -> int:
-    """Store usage events idempotently; returns how many were new.
+    """Store usage events idempotently and add them to the hourly rollups; returns how
+    many were new.
 
-    The event id is unique in the table, so a batch delivered twice (a gateway retry,
-    a Redis entry claimed again after a worker died) inserts nothing the second time.
+    The event id is unique in the table, so a batch delivered twice (a gateway retry, a
+    Redis entry claimed again after a worker died) inserts nothing the second time.
+    :class:`UsageHourly` is updated in the same transaction from exactly the records
+    this call inserted: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` names them on
+    SQLite and PostgreSQL alike, also when a concurrent ingest of the same events won
+    the race (which then counts them itself). A pre-check of existing ids could not
+    tell that, and ``bulk_create(ignore_conflicts=True)`` does not say what it skipped.
     """
-    batch = list(events)
-    if not batch:
-        return 0
-    ids = [e.id for e in batch]
-    existing = set(UsageRecord.objects.filter(event_id__in=ids).values_list("event_id", flat=True))
-    fresh = {e.id: e for e in batch if e.id not in existing}
-    UsageRecord.objects.bulk_create(
-        [
-            UsageRecord(
-                event_id=e.id,
-                request_id=e.request_id,
-                ts=_dt(e.ts),
-                gateway=e.gateway[:200],
-                route=e.route[:64],
-                consumer_id=e.consumer,
-                credential_id=e.credential,
-                product_id=e.product,
-                model=(e.model or "")[:200],
-                status=e.status,
-                latency_ms=e.latency_ms,
-                prompt_tokens=e.prompt_tokens,
-                completion_tokens=e.completion_tokens,
-                stream=e.stream,
-            )
-            for e in fresh.values()
-        ],
-        ignore_conflicts=True,  # a concurrent ingest of the same event is not an error
-        batch_size=1000,
-    )
-    _touch_last_used(fresh.values())
-    return len(fresh)
-
-
-def _touch_last_used(events: Iterable[schema.UsageEvent]) -> None:
-    latest: dict[int, float] = {}
+    fresh: dict[str, UsageRecord] = {}
     for event in events:
-        if event.credential is not None:
-            latest[event.credential] = max(latest.get(event.credential, 0.0), event.ts)
+        # The first delivery of an id within a batch wins, as it would across batches.
+        if event.id not in fresh:
+            fresh[event.id] = _usage_record(event)
+    if not fresh:
+        return 0
+    # Every ingest inserts in event-id order and upserts rollups in key order, so
+    # concurrent ones take their row locks in the same order and cannot deadlock.
+    records = [fresh[event_id] for event_id in sorted(fresh)]
+    new_ids = _usage_records_insert_new(records)
+    inserted = [record for record in records if record.event_id in new_ids]
+    _usage_hourly_add(inserted)
+    _touch_last_used(inserted)
+    return len(inserted)
+
+
+def _usage_record(event: schema.UsageEvent) -> UsageRecord:
+    return UsageRecord(
+        event_id=event.id,
+        request_id=event.request_id,
+        ts=_dt(event.ts),
+        gateway=event.gateway[:200],
+        route=event.route[:64],
+        consumer_id=event.consumer,
+        credential_id=event.credential,
+        product_id=event.product,
+        model=(event.model or "")[:200],
+        status=event.status,
+        latency_ms=event.latency_ms,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        stream=event.stream,
+    )
+
+
+def _fields(model: type[Model], names: Iterable[str]) -> list[Field[Any, Any]]:
+    return [cast("Field[Any, Any]", model._meta.get_field(name)) for name in names]
+
+
+def _usage_records_insert_new(records: list[UsageRecord]) -> set[str]:
+    """Insert ``records`` whose event id is not stored yet; the event ids inserted."""
+    meta = UsageRecord._meta
+    fields = _fields(UsageRecord, _RECORD_FIELDS)
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(field.column) for field in fields)
+    event_id = qn(_fields(UsageRecord, ["event_id"])[0].column)
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    inserted: set[str] = set()
+    with connection.cursor() as cursor:
+        for at in range(0, len(records), _INGEST_CHUNK):
+            chunk = records[at : at + _INGEST_CHUNK]
+            # Identifiers come from the model, every value is a parameter.
+            cursor.execute(
+                f"INSERT INTO {qn(meta.db_table)} ({columns}) "  # noqa: S608
+                f"VALUES {', '.join([placeholders] * len(chunk))} "
+                f"ON CONFLICT ({event_id}) DO NOTHING RETURNING {event_id}",
+                [
+                    field.get_db_prep_save(getattr(record, field.attname), connection)
+                    for record in chunk
+                    for field in fields
+                ],
+            )
+            inserted.update(row[0] for row in cursor.fetchall())
+    return inserted
+
+
+def _hour(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _usage_hourly_add(records: Iterable[UsageRecord]) -> None:
+    """Add ``records`` to their hours' rollup rows, creating the rows that are missing.
+
+    Raw SQL because the upsert must add: ``bulk_create(update_conflicts=True)`` would
+    overwrite a row's counts with this batch's. The same statement runs on SQLite
+    (3.24+) and PostgreSQL; the maximum is a CASE since they spell "greatest"
+    differently.
+    """
+    sums: dict[tuple[datetime, int, int, str], list[float]] = {}
+    for record in records:
+        key = (_hour(record.ts), record.consumer_id or 0, record.product_id or 0, record.model)
+        row = sums.setdefault(key, [0, 0, 0, 0, 0.0, record.latency_ms])
+        row[0] += 1
+        row[1] += 1 if record.status >= 400 else 0
+        row[2] += record.prompt_tokens or 0
+        row[3] += record.completion_tokens or 0
+        row[4] += record.latency_ms
+        row[5] = max(row[5], record.latency_ms)
+    if not sums:
+        return
+    meta = UsageHourly._meta
+    qn = connection.ops.quote_name
+    table = qn(meta.db_table)
+    names = (*_HOURLY_KEY, *_HOURLY_SUMS, "latency_max_ms")
+    fields = _fields(UsageHourly, names)
+    columns = [qn(field.column) for field in fields]
+    additions = [f"{qn(name)} = {table}.{qn(name)} + excluded.{qn(name)}" for name in _HOURLY_SUMS]
+    maximum = qn("latency_max_ms")
+    additions.append(
+        f"{maximum} = CASE WHEN excluded.{maximum} > {table}.{maximum} "
+        f"THEN excluded.{maximum} ELSE {table}.{maximum} END"
+    )
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    keys = sorted(sums)
+    with connection.cursor() as cursor:
+        for at in range(0, len(keys), _INGEST_CHUNK):
+            chunk = keys[at : at + _INGEST_CHUNK]
+            params: list[Any] = []
+            for key in chunk:
+                for field, value in zip(fields, (*key, *sums[key]), strict=True):
+                    params.append(field.get_db_prep_save(value, connection))
+            # Identifiers come from the model, every value is a parameter.
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
+                f"VALUES {', '.join([placeholders] * len(chunk))} "
+                f"ON CONFLICT ({', '.join(columns[: len(_HOURLY_KEY)])}) "
+                f"DO UPDATE SET {', '.join(additions)}",
+                params,
+            )
+
+
+@transaction.atomic
+def usage_hourly_rebuild(*, since: datetime | None = None) -> int:
+    """Recompute the hourly rollups from the raw records, from the hour holding
+    ``since`` (default: all of them); returns how many rollup rows it wrote.
+
+    The repair and seeding path: for records written without
+    :func:`usage_records_ingest` (bulk loads, benchmarks, an old release still
+    ingesting while the migration ran). Ingests wait for it to finish (a table lock on
+    PostgreSQL, the write lock on SQLite), so none is counted twice or lost.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            # SHARE conflicts with the ROW EXCLUSIVE lock an ingest's INSERT takes first.
+            table = connection.ops.quote_name(UsageRecord._meta.db_table)
+            cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")
+    hourly = UsageHourly.objects.all()
+    records = UsageRecord.objects.order_by()
+    if since is not None:
+        hourly = hourly.filter(hour__gte=_hour(since))
+        records = records.filter(ts__gte=_hour(since))
+    hourly.delete()
+    return _usage_hourly_build(records=records, rollup=UsageHourly)
+
+
+def _usage_hourly_build(*, records: Any, rollup: Any, days_per_pass: int = 7) -> int:
+    """Insert the hourly sums of the ``records`` queryset into the empty ``rollup`` model
+    a few days at a time (the memory of one pass is bounded by the rollup rows of those
+    days). Takes the models as arguments so the data migration can pass its historical
+    ones."""
+    bounds = records.aggregate(first=Min("ts"), last=Max("ts"))
+    if bounds["first"] is None:
+        return 0
+    written = 0
+    start = _hour(bounds["first"])
+    while start <= bounds["last"]:
+        end = start + timedelta(days=days_per_pass)
+        rows = (
+            records.filter(ts__gte=start, ts__lt=end)
+            .annotate(
+                bucket=TruncHour("ts", tzinfo=UTC),
+                app=Coalesce("consumer_id", Value(0)),
+                product=Coalesce("product_id", Value(0)),
+            )
+            .values("bucket", "app", "product", "model")
+            .annotate(
+                n=Count("pk"),
+                n_errors=Count("pk", filter=Q(status__gte=400)),
+                prompt=Coalesce(Sum("prompt_tokens"), Value(0)),
+                completion=Coalesce(Sum("completion_tokens"), Value(0)),
+                latency_sum=Sum("latency_ms"),
+                latency_max=Max("latency_ms"),
+            )
+            .order_by()
+        )
+        batch = [
+            rollup(
+                hour=row["bucket"],
+                consumer_id=row["app"],
+                product_id=row["product"],
+                model=row["model"],
+                requests=row["n"],
+                errors=row["n_errors"],
+                prompt_tokens=row["prompt"],
+                completion_tokens=row["completion"],
+                latency_sum_ms=row["latency_sum"],
+                latency_max_ms=row["latency_max"],
+            )
+            for row in rows
+        ]
+        rollup.objects.bulk_create(batch, batch_size=1000)
+        written += len(batch)
+        start = end
+    return written
+
+
+def _touch_last_used(records: Iterable[UsageRecord]) -> None:
+    latest: dict[int, datetime] = {}
+    for record in records:
+        if record.credential_id is not None:
+            seen = latest.get(record.credential_id)
+            latest[record.credential_id] = record.ts if seen is None else max(seen, record.ts)
     if not latest:
         return
     current = dict(Credential.objects.filter(pk__in=latest).values_list("pk", "last_used_at"))
-    for pk, ts in latest.items():
-        when = _dt(ts)
+    for pk, when in latest.items():
         seen = current.get(pk, when)
         if pk in current and (seen is None or seen < when):
             Credential.objects.filter(pk=pk).update(last_used_at=when)

@@ -1,16 +1,21 @@
 """Read-only usage aggregates for the dashboards: series over time, totals, breakdowns.
 
-Everything is aggregated by the database, in a fixed number of queries whatever the number
-of records or buckets; Python only fills the buckets that had no calls with zeros, so a
-chart's time axis has no holes.
+The dashboards and the CSV read the hourly rollups (:class:`UsageHourly`, kept by
+``usage_records_ingest`` in the transaction of the raw insert), not the raw records: an
+hour of an app's calls to one product and model is one row however many calls it holds.
+Every window starts and ends on a whole UTC hour, so hours add up exactly into its
+buckets and the numbers are those the raw records give. Everything is aggregated by the
+database, in a fixed number of queries whatever the number of rows or buckets; Python
+only fills the buckets that had no calls with zeros, so a chart's time axis has no holes.
 
 Latency is summarised as average and maximum, not percentiles: SQLite has no percentile
 aggregate, and the dashboards must show the same numbers on SQLite and PostgreSQL. The
 average is kept as a sum (divided by the request count at the end) so buckets add up
 exactly into totals.
 
-Which records a viewer may see is decided once, in :func:`usage_records_for_user`; the
-other functions only aggregate the queryset they are given.
+Which calls a viewer may see is decided once, in :func:`usage_for_user` (the rollups) and
+:func:`usage_records_for_user` (the same filter on the raw records); the other functions
+only aggregate the queryset they are given.
 """
 
 from __future__ import annotations
@@ -18,15 +23,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Count, Max, Q, QuerySet, Sum
-from django.db.models.functions import TruncDay, TruncHour
+from django.db.models import F, Max, QuerySet, Sum
+from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from catalog.models import Product
-from consumers.models import Consumer, Subscription, UsageRecord
+from consumers.models import Consumer, Subscription, UsageHourly, UsageRecord
+
+_Usage = TypeVar("_Usage", UsageRecord, UsageHourly)
 
 BucketUnit = Literal["hour", "day"]
 
@@ -115,8 +122,8 @@ class UsageStats:
     def from_row(cls, row: dict[str, Any]) -> UsageStats:
         """Stats from a row annotated with :func:`_aggregates` (SUM of nothing is NULL)."""
         return cls(
-            requests=row["requests"],
-            errors=row["errors"],
+            requests=row["requests"] or 0,
+            errors=row["errors"] or 0,
             prompt_tokens=row["prompt_tokens"] or 0,
             completion_tokens=row["completion_tokens"] or 0,
             latency_sum_ms=row["latency_sum_ms"] or 0.0,
@@ -125,21 +132,27 @@ class UsageStats:
 
 
 def _aggregates() -> dict[str, Any]:
+    """Sums (and the maximum) of rollup rows: they add up like the calls they hold."""
     return {
-        "requests": Count("pk"),
-        "errors": Count("pk", filter=Q(status__gte=400)),
+        "requests": Sum("requests"),
+        "errors": Sum("errors"),
         "prompt_tokens": Sum("prompt_tokens"),
         "completion_tokens": Sum("completion_tokens"),
-        "latency_sum_ms": Sum("latency_ms"),
-        "latency_max_ms": Max("latency_ms"),
+        "latency_sum_ms": Sum("latency_sum_ms"),
+        "latency_max_ms": Max("latency_max_ms"),
     }
 
 
-def _trunc(window: Window) -> TruncHour | TruncDay:
-    # An explicit UTC keeps buckets identical whatever time zone is active for the request.
+def _trunc(window: Window) -> F | TruncDay:
     if window.unit == "hour":
-        return TruncHour("ts", tzinfo=UTC)
-    return TruncDay("ts", tzinfo=UTC)
+        return F("hour")  # already the start of its hour
+    # An explicit UTC keeps buckets identical whatever time zone is active for the request.
+    return TruncDay("hour", tzinfo=UTC)
+
+
+def _none_if_zero(pk: int) -> int | None:
+    # The rollups write "no app" and "no product" as 0 (see UsageHourly).
+    return pk or None
 
 
 @dataclass(frozen=True)
@@ -224,18 +237,39 @@ def usage_records_for_user(
     The ownership filter applies even when ``consumer`` is given, so an app that slipped
     past the caller's access check still shows nothing of someone else's.
     """
+    return _visible(UsageRecord, user=user, consumer=consumer, product_id=product_id)
+
+
+def usage_for_user(
+    *,
+    user: User | AnonymousUser,
+    consumer: Consumer | None = None,
+    product_id: int | None = None,
+) -> QuerySet[UsageHourly]:
+    """The hourly rollups of the calls ``user`` may see: the same rule as
+    :func:`usage_records_for_user`, on :class:`UsageHourly`."""
+    return _visible(UsageHourly, user=user, consumer=consumer, product_id=product_id)
+
+
+def _visible(
+    model: type[_Usage],
+    *,
+    user: User | AnonymousUser,
+    consumer: Consumer | None,
+    product_id: int | None,
+) -> QuerySet[_Usage]:
     if not user.is_authenticated:
-        return UsageRecord.objects.none()
-    # No ordering: the model's default ``-ts`` has no place in grouped queries.
-    records = UsageRecord.objects.order_by()
+        return model.objects.none()
+    # No ordering: a default ordering has no place in grouped queries.
+    rows = model.objects.order_by()
     if not user.is_staff:
         # A subquery, not a list of ids: one query however many apps the user has.
-        records = records.filter(consumer_id__in=Consumer.objects.filter(owner=user).values("pk"))
+        rows = rows.filter(consumer_id__in=Consumer.objects.filter(owner=user).values("pk"))
     if consumer is not None:
-        records = records.filter(consumer_id=consumer.pk)
+        rows = rows.filter(consumer_id=consumer.pk)
     if product_id is not None:
-        records = records.filter(product_id=product_id)
-    return records
+        rows = rows.filter(product_id=product_id)
+    return rows
 
 
 def usage_apps_for_user(*, user: User | AnonymousUser) -> QuerySet[Consumer]:
@@ -261,13 +295,13 @@ def usage_products_for_user(*, user: User | AnonymousUser) -> QuerySet[Product]:
 
 
 def usage_report(
-    *, records: QuerySet[UsageRecord], window: Window, now: datetime | None = None
+    *, rollups: QuerySet[UsageHourly], window: Window, now: datetime | None = None
 ) -> UsageReport:
-    """Aggregate ``records`` over ``window`` ending at ``now``: three queries in all (the
+    """Aggregate ``rollups`` over ``window`` ending at ``now``: three queries in all (the
     series, the breakdown, the names of the products it shows)."""
     starts = bucket_starts(window=window, now=now or timezone.now())
     start, end = starts[0], starts[-1] + window.step
-    in_window = records.filter(ts__gte=start, ts__lt=end)
+    in_window = rollups.filter(hour__gte=start, hour__lt=end)
 
     per_bucket = {
         row["bucket"]: UsageStats.from_row(row)
@@ -287,8 +321,8 @@ def usage_report(
     names = product_names(row["product_id"] for row in shown)
     breakdown = [
         BreakdownRow(
-            product_id=row["product_id"],
-            product_name=_product_label(row["product_id"], names),
+            product_id=_none_if_zero(row["product_id"]),
+            product_name=_product_label(_none_if_zero(row["product_id"]), names),
             model=row["model"],
             stats=UsageStats.from_row(row),
         )
@@ -323,9 +357,9 @@ class UsageCsvRow:
 
 
 def usage_csv_rows(
-    *, records: QuerySet[UsageRecord], window: Window, now: datetime | None = None
+    *, rollups: QuerySet[UsageHourly], window: Window, now: datetime | None = None
 ) -> list[UsageCsvRow]:
-    """The bucketed series of ``records`` split by app, product and model, oldest first.
+    """The bucketed series of ``rollups`` split by app, product and model, oldest first.
 
     Only combinations with calls get a row: zero-filling every combination of app,
     product and model would bury the data. Fully evaluated here (three queries) so a
@@ -334,12 +368,15 @@ def usage_csv_rows(
     starts = bucket_starts(window=window, now=now or timezone.now())
     start, end = starts[0], starts[-1] + window.step
     rows = list(
-        records.filter(ts__gte=start, ts__lt=end)
+        rollups.filter(hour__gte=start, hour__lt=end)
         .annotate(bucket=_trunc(window))
         .values("bucket", "consumer_id", "product_id", "model")
         .annotate(**_aggregates())
         .order_by("bucket", "consumer_id", "product_id", "model")
     )
+    for row in rows:
+        row["consumer_id"] = _none_if_zero(row["consumer_id"])
+        row["product_id"] = _none_if_zero(row["product_id"])
     products = product_names(row["product_id"] for row in rows)
     apps = _app_names(row["consumer_id"] for row in rows)
     return [

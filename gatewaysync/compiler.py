@@ -156,15 +156,51 @@ def compile_state() -> CompiledState:
         uid: msgspec.structs.replace(u, secret=fingerprints.get(uid))
         for uid, u in upstreams.items()
     }
-    digest = hashlib.sha256()
-    for part in (fingerprinted, compiled_products, consumers, credentials):
-        digest.update(_encoder.encode(part))
     return CompiledState(
         upstreams=upstreams,
         products=compiled_products,
         consumers=consumers,
         credentials=credentials,
-        content_hash=digest.hexdigest(),
+        content_hash=_content_hash(fingerprinted, compiled_products, consumers, credentials),
+    )
+
+
+def _content_hash(
+    fingerprinted: dict[str, schema.Upstream],
+    products: dict[str, schema.Product],
+    consumers: dict[str, schema.Consumer],
+    credentials: dict[str, schema.Credential],
+) -> str:
+    digest = hashlib.sha256()
+    for part in (fingerprinted, products, consumers, credentials):
+        digest.update(_encoder.encode(part))
+    return digest.hexdigest()
+
+
+def document_content_hash(doc: schema.Revision) -> str:
+    """The content hash ``compile_state`` gives the content of a stored document.
+
+    Used for documents produced by applying deltas instead of compiling. Sealed
+    secrets are opened to fingerprint them, and every map is put in the order
+    ``compile_state`` builds it, so equal content hashes equal whatever its history.
+    """
+    keys = gateway_keys()
+    fingerprinted = {
+        uid: msgspec.structs.replace(
+            u,
+            secret=None
+            if u.secret is None
+            else hmac.new(
+                keys.seal_key, keys.unseal(u.secret).encode(), hashlib.sha256
+            ).hexdigest(),
+        )
+        for uid, u in sorted(doc.upstreams.items(), key=lambda item: int(item[0]))
+    }
+    return _content_hash(
+        fingerprinted,
+        dict(sorted(doc.products.items())),
+        dict(sorted(doc.consumers.items(), key=lambda item: item[1].id)),
+        dict(sorted(doc.credentials.items(), key=lambda item: item[1].id)),
     )
 
 

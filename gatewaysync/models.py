@@ -10,15 +10,25 @@ class Revision(models.Model):
 
     ``delta`` holds the credential-only changes from revision ``number - 1`` when
     nothing else changed, so a key revocation travels as a few bytes.
+
+    A revision published incrementally (from the change journal, see
+    :class:`PendingChange`) may at first have only its delta: ``document`` and
+    ``content_hash`` are filled in later by applying the deltas to the newest full
+    document (``services.revision_materialize``), because with a million keys the full
+    document is ~100 MB and writing it would cost more than the whole revocation may.
     """
 
     number = models.PositiveBigIntegerField(unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # Hash of the content with secrets fingerprinted, so recompiling an unchanged state
     # (whose sealed secrets differ by nonce) is recognised and makes no new revision.
-    content_hash = models.CharField(max_length=64)
-    document = models.BinaryField()
+    # Empty until the document is materialized.
+    content_hash = models.CharField(max_length=64, blank=True)
+    document = models.BinaryField(null=True)
     delta = models.BinaryField(null=True)
+    # The document without its credentials (upstreams, products, consumers): small, so an
+    # incremental publish can check a key's consumer without reading the document.
+    frame = models.BinaryField(null=True)
     credentials = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -46,3 +56,21 @@ class GatewayInstance(models.Model):
 
     def __str__(self) -> str:
         return self.instance_id
+
+
+class PendingChange(models.Model):
+    """The change journal: what the next publish must bring to the gateways.
+
+    Written in the same transaction as the change itself, and deleted by the publish
+    that carries it (under the publish lock), so every entry is published exactly once.
+    A row with a ``credential_id`` says only that credential changed; a row without one
+    says something else changed and the next publish must compile the whole state.
+    """
+
+    credential_id = models.BigIntegerField(null=True)
+    # Kept so a credential whose row is gone can still be removed from the gateways.
+    key_hash = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"credential {self.credential_id}" if self.credential_id else "full compile"

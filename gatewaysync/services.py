@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import msgspec
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import Exists, Max, OuterRef
 from django.utils import timezone
 
+from consumers.models import Credential
 from gateway import schema
-from gateway.revision import decode_revision, encode
-from gatewaysync import compiler
-from gatewaysync.models import GatewayInstance, Revision
+from gateway.revision import RevisionError, decode_delta, decode_revision, encode
+from gatewaysync import compiler, selectors
+from gatewaysync.models import GatewayInstance, PendingChange, Revision
 
 logger = logging.getLogger(__name__)
 
@@ -22,18 +24,26 @@ logger = logging.getLogger(__name__)
 _PUBLISH_LOCK_ID = 0x706F7274
 
 
-def gateway_changed() -> None:
-    """Schedule a revision publish once the current transaction commits.
+def gateway_changed(*, credentials: Iterable[Credential] | None = None) -> None:
+    """Record a change the gateways must learn and schedule a publish after commit.
 
-    Every service that changes what the gateway must know calls this. Publishing is
-    idempotent: a compile that finds nothing new makes no revision, so calling it for
-    a change the gateway does not care about costs one compile and nothing more.
+    Every service that changes what the gateway must know calls this, inside its
+    transaction. With ``credentials`` it says only those keys changed (created, revoked,
+    expiry moved), and the publish sends just them as a delta built from their rows;
+    without, anything may have changed and the publish compiles the whole state.
+    The journal entry commits or rolls back with the change it describes.
     """
     from gatewaysync.tasks import revision_publish_task
 
+    if credentials is None:
+        PendingChange.objects.create()
+    else:
+        PendingChange.objects.bulk_create(
+            [PendingChange(credential_id=c.pk, key_hash=c.key_hash) for c in credentials]
+        )
     schedule = revision_publish_task.delay
-    # Many writes in one transaction need one publish: the compile reads the whole
-    # state anyway. (``run_on_commit`` holds ``(savepoint ids, callback, robust)``.)
+    # Many writes in one transaction need one publish: it takes the whole journal.
+    # (``run_on_commit`` holds ``(savepoint ids, callback, robust)``.)
     if any(entry[1] == schedule for entry in connection.run_on_commit):
         return
     transaction.on_commit(schedule)
@@ -47,42 +57,220 @@ def _lock_publishing() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PUBLISH_LOCK_ID])
 
 
-@transaction.atomic
-def revision_publish(*, keep: int) -> Revision | None:
-    """Compile the desired state; store it as a new revision if it changed.
+def _latest_head() -> Revision | None:
+    """The latest revision without its (possibly ~100 MB) document."""
+    return Revision.objects.defer("document").order_by("-number").first()
 
-    Returns the new revision, or ``None`` when the state equals the latest revision.
-    When only credentials changed, the revision also carries a delta from its
-    predecessor so gateways can apply it without a full reload.
-    """
-    _lock_publishing()
-    latest = Revision.objects.order_by("-number").first()
+
+def _floor() -> int:
     # A gateway may hold a number this database never issued (the database was
     # restored from a backup, or emptied): numbering continues above it, or that
     # gateway would refuse every later revision as stale.
-    floor = GatewayInstance.objects.aggregate(top=Max("applied_revision"))["top"] or 0
-    state = compiler.compile_state()
-    if latest is not None and latest.content_hash == state.content_hash and latest.number >= floor:
+    return GatewayInstance.objects.aggregate(top=Max("applied_revision"))["top"] or 0
+
+
+def revision_publish(
+    *, keep: int, pending_only: bool = False, full: bool = False
+) -> Revision | None:
+    """Publish what changed as a new revision; ``None`` when nothing did.
+
+    See :func:`_publish_locked`. A ``full`` publish compiles the state *before* taking
+    the publish lock (a million keys take seconds to compile, and revocations must
+    not queue behind that); the compile is used only if, once locked, nothing was
+    published and nothing was journalled since it began — else it compiles again
+    under the lock, as any full publish would.
+    """
+    precompiled = None
+    if full:
+        seen = selectors.revision_latest_number()
+        state = compiler.compile_state()
+        precompiled = (seen, state)
+    return _publish_locked(keep=keep, pending_only=pending_only, full=full, precompiled=precompiled)
+
+
+@transaction.atomic
+def _publish_locked(
+    *,
+    keep: int,
+    pending_only: bool,
+    full: bool,
+    precompiled: tuple[int | None, compiler.CompiledState] | None,
+) -> Revision | None:
+    """The publish itself, under the publish lock.
+
+    The change journal decides how: only credential entries → an incremental revision
+    (a delta built from just those rows on top of the latest revision); any other
+    entry, ``full``, or an empty journal → compile the whole state and store it if its
+    content hash differs. ``pending_only`` (the publish task) makes an empty journal
+    mean "someone else already published it" and returns at once.
+
+    Journal entries are read before anything else and deleted by id in the same
+    transaction, under the publish lock: each is published exactly once, and an entry
+    committed while this runs is left for the publish its own commit scheduled.
+    """
+    _lock_publishing()
+    entries = list(
+        PendingChange.objects.order_by("pk").values_list("pk", "credential_id", "key_hash")
+    )
+    if not entries and pending_only and not full:
         return None
+    outcome: Revision | None = None
+    if (
+        not full
+        and entries
+        and len(entries) <= _MAX_INCREMENTAL
+        and all(credential_id is not None for _, credential_id, _ in entries)
+    ):
+        outcome = _publish_incremental(entries)
+    if outcome is None:
+        fresh = None
+        if (
+            precompiled is not None
+            and not entries
+            and precompiled[0] == selectors.revision_latest_number()
+        ):
+            fresh = precompiled[1]  # nothing happened since the compile began
+        outcome = _publish_full(fresh)
+    _consume([pk for pk, _, _ in entries])
+    if outcome is _UNCHANGED:
+        return None
+    _prune(keep)
+    return outcome
+
+
+# Past this many changed keys in one publish (a bulk import) a delta stops being small
+# and a compile costs about as much: the full path handles it.
+_MAX_INCREMENTAL = 5_000
+# Below this many keys the full document of an incremental revision is produced at
+# once (milliseconds); above, by ``revision_materialize`` off the revocation's path.
+MATERIALIZE_INLINE_MAX = 20_000
+# A sentinel: the state equals the latest revision's, so nothing is published.
+_UNCHANGED = Revision(number=0)
+
+
+def _consume(pks: list[int]) -> None:
+    for start in range(0, len(pks), 500):
+        PendingChange.objects.filter(pk__in=pks[start : start + 500]).delete()
+
+
+def _prune(keep: int) -> None:
+    # Deltas after the newest full document are how gateways reach the latest one
+    # until it has its own document, so they are kept whatever ``keep`` says.
+    newest_document = (
+        Revision.objects.filter(document__isnull=False)
+        .order_by("-number")
+        .values_list("number", flat=True)
+        .first()
+    )
+    stale = Revision.objects.order_by("-number").values_list("number", flat=True)[keep:]
+    doomed = [n for n in stale if newest_document is None or n < newest_document]
+    Revision.objects.filter(number__in=doomed).delete()
+
+
+def _publish_incremental(entries: list[tuple[int, int | None, str]]) -> Revision | None:
+    """A delta from the latest revision carrying just the journalled keys.
+
+    Returns ``None`` when the incremental path cannot be trusted here (no latest
+    revision, no frame, a gateway ahead of it, a key whose consumer the latest
+    revision does not know) so the caller compiles everything instead.
+    """
+    latest = Revision.objects.defer("document").order_by("-number").first()
+    if latest is None or latest.frame is None or latest.number < _floor():
+        return None
+    try:
+        frame = decode_revision(bytes(latest.frame))
+    except RevisionError:
+        return None  # written by another schema version: compile afresh
+    if frame.schema != schema.SCHEMA_VERSION:
+        return None
+    ids = {credential_id for _, credential_id, _ in entries if credential_id is not None}
+    hashes = {key_hash for _, _, key_hash in entries if key_hash}
+    usable = compiler.usable_consumers().filter(pk=OuterRef("consumer_id"))
+    rows = (
+        Credential.objects.filter(pk__in=ids)
+        .annotate(usable=Exists(usable))
+        .values_list("pk", "key_hash", "consumer_id", "expires_at", "revoked_at", "usable")
+    )
+    now = timezone.now()
+    upsert: dict[str, schema.Credential] = {}
+    for pk, key_hash, consumer_id, expires_at, revoked_at, is_usable in rows:
+        hashes.add(key_hash)
+        # The same rule as compile_state: revoked, expired and unusable keys are absent.
+        if revoked_at is not None or (expires_at is not None and expires_at <= now):
+            continue
+        if not is_usable:
+            continue
+        if str(consumer_id) not in frame.consumers:
+            return None  # the consumer changed without a journal entry: compile
+        upsert[key_hash] = schema.Credential(
+            id=pk,
+            consumer=consumer_id,
+            expires_at=expires_at.timestamp() if expires_at else None,
+        )
+    remove = hashes - upsert.keys()
+    if latest.credentials <= MATERIALIZE_INLINE_MAX:
+        # Small enough to read the latest document: send only real differences, and
+        # publish nothing when there are none (a key made for a suspended app).
+        previous = _materialize(latest)
+        if previous is None:
+            return None
+        upsert = {h: c for h, c in upsert.items() if previous.credentials.get(h) != c}
+        remove = {h for h in remove if h in previous.credentials}
+        if not upsert and not remove:
+            return _UNCHANGED
+    number = latest.number + 1
+    delta = schema.Delta(
+        schema=schema.SCHEMA_VERSION,
+        base=latest.number,
+        revision=number,
+        created_at=timezone.now().isoformat(),
+        credentials_upsert=dict(sorted(upsert.items(), key=lambda item: item[1].id)),
+        credentials_remove=sorted(remove),
+    )
+    revision = Revision.objects.create(
+        number=number,
+        delta=encode(delta),
+        frame=bytes(latest.frame),
+        credentials=latest.credentials,
+    )
+    logger.info(
+        "published revision %s (delta: %s upserted, %s removed)",
+        number,
+        len(delta.credentials_upsert),
+        len(delta.credentials_remove),
+    )
+    if latest.credentials <= MATERIALIZE_INLINE_MAX:
+        _materialize(revision)
+    return revision
+
+
+def _publish_full(state: compiler.CompiledState | None = None) -> Revision | None:
+    latest = _latest_head()
+    floor = _floor()
+    if state is None:
+        state = compiler.compile_state()
+    if latest is not None and not latest.content_hash:
+        _materialize(latest)  # its content hash is what this compile is compared with
+    if latest is not None and latest.content_hash == state.content_hash and latest.number >= floor:
+        return _UNCHANGED
     # An empty table starts at the current Unix time rather than 1: a database that was
     # emptied or replaced then cannot reissue a number a gateway already holds with other
     # content (the gateway would take the push as the revision it has and ignore it).
     number = max(latest.number + 1 if latest else int(time.time()), floor + 1)
     doc = state.to_revision(number)
     delta = None
-    if latest is not None and latest.number == number - 1:
-        previous = decode_revision(bytes(latest.document))
-        if compiler.only_credentials_changed(previous, state):
+    if latest is not None and latest.content_hash and latest.number == number - 1:
+        previous = _materialize(latest)
+        if previous is not None and compiler.only_credentials_changed(previous, state):
             delta = encode(compiler.credential_delta(previous, state, number))
     revision = Revision.objects.create(
         number=number,
         content_hash=state.content_hash,
         document=encode(doc),
         delta=delta,
+        frame=encode(msgspec.structs.replace(doc, credentials={})),
         credentials=len(state.credentials),
     )
-    stale = Revision.objects.order_by("-number").values_list("number", flat=True)[keep:]
-    Revision.objects.filter(number__in=list(stale)).delete()
     logger.info(
         "published revision %s (%s credentials, %s)",
         number,
@@ -90,6 +278,103 @@ def revision_publish(*, keep: int) -> Revision | None:
         "delta" if delta else "full",
     )
     return revision
+
+
+def revision_document(revision: Revision) -> schema.Revision | None:
+    """The full document of ``revision``, materializing it first if it has none yet."""
+    return _materialize(revision)
+
+
+# Materializing a million-key document costs seconds of CPU and a ~100 MB write, so the
+# reconcile does it only once the deltas since the newest document pile up or age.
+MATERIALIZE_AFTER_DELTAS = 100
+MATERIALIZE_AFTER_SECONDS = 60
+
+
+def revision_materialize_due() -> bool:
+    """Whether the latest revision should get its full document now (see above)."""
+    latest = _latest_head()
+    if latest is None or latest.content_hash:
+        return False
+    if latest.credentials <= MATERIALIZE_INLINE_MAX:
+        return True
+    newest = (
+        Revision.objects.filter(document__isnull=False)
+        .exclude(content_hash="")
+        .order_by("-number")
+        .values_list("number", flat=True)
+        .first()
+    )
+    oldest_pending = (
+        Revision.objects.filter(content_hash="")
+        .order_by("number")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    return (
+        newest is None
+        or latest.number - newest >= MATERIALIZE_AFTER_DELTAS
+        or oldest_pending is None
+        or (timezone.now() - oldest_pending).total_seconds() >= MATERIALIZE_AFTER_SECONDS
+    )
+
+
+def revision_materialize() -> Revision | None:
+    """Give the latest revision its full document and content hash, if it lacks them.
+
+    The newest full document plus the deltas after it make the latest document: the
+    same content a compile would give (the periodic full compile checks exactly that
+    through the content hash). Reads only immutable rows, so it needs no publish lock
+    and runs beside publishes; returns the revision it completed, or ``None``.
+    """
+    latest = _latest_head()
+    if latest is None or latest.content_hash:
+        return None
+    return latest if _materialize(latest) is not None else None
+
+
+def _materialize(revision: Revision) -> schema.Revision | None:
+    """Decode ``revision``'s document, building and storing it first when missing.
+
+    Returns ``None`` when it cannot be built (its base or a delta was pruned or is
+    missing): only a full compile can then say what the document is.
+    """
+    if revision.content_hash:
+        raw = revision.document  # loads it if the query deferred it
+        return decode_revision(bytes(raw)) if raw is not None else None
+    base = selectors.revision_newest_document(up_to=revision.number - 1)
+    if base is None:
+        return None
+    base_number, base_document = base
+    deltas = selectors.revision_delta_chain(after=base_number, up_to=revision.number)
+    if deltas is None:
+        return None
+    doc = decode_revision(base_document)
+    credentials = dict(doc.credentials)
+    created_at = doc.created_at
+    for _, raw_delta in deltas:
+        delta = decode_delta(raw_delta)
+        for key_hash in delta.credentials_remove:
+            credentials.pop(key_hash, None)
+        credentials.update(delta.credentials_upsert)
+        created_at = delta.created_at
+    # In compile order (by key id), so the document reads as a compiled one would.
+    doc = msgspec.structs.replace(
+        doc,
+        revision=revision.number,
+        created_at=created_at,
+        credentials=dict(sorted(credentials.items(), key=lambda item: item[1].id)),
+    )
+    content_hash = compiler.document_content_hash(doc)
+    document = encode(doc)
+    Revision.objects.filter(pk=revision.pk, content_hash="").update(
+        document=document, content_hash=content_hash, credentials=len(credentials)
+    )
+    revision.document = document
+    revision.content_hash = content_hash
+    revision.credentials = len(credentials)
+    logger.info("materialized revision %s from %s", revision.number, base_number)
+    return doc
 
 
 def instance_heartbeat(*, beat: schema.Heartbeat) -> GatewayInstance:

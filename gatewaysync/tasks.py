@@ -2,40 +2,61 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import shared_task
 from django.conf import settings
+from django.core.cache import cache
 
-from gatewaysync import delivery, selectors, services
+from gatewaysync import delivery, services
 
-
-def _deliver_latest(instance_pk: int | None = None) -> None:
-    latest = selectors.revision_latest()
-    if latest is None:
-        return
-    instances = selectors.instances_behind(latest.number)
-    if instance_pk is not None:
-        instances = instances.filter(pk=instance_pk)
-    delivery.deliver_to_all(list(instances), latest)
+# How often the reconcile task compiles the whole state even though the journal says
+# nothing else changed: it catches what no journal entry describes (keys that expired,
+# a change made behind the services' back) and verifies that the documents built from
+# deltas hash exactly as a compile of the same state does.
+_FULL_COMPILE_AT = "portico:sync:full-compile-at"
 
 
 @shared_task(name="gatewaysync.revision_publish")
 def revision_publish_task() -> None:
-    """Compile and store a revision if the state changed, then deliver it."""
-    services.revision_publish(keep=settings.PORTICO_REVISIONS_KEPT)
-    _deliver_latest()
+    """Publish what the change journal holds, then deliver it.
+
+    Many of these may be queued for one burst of changes; the first takes the whole
+    journal and the others find it empty and only check on delivery.
+    """
+    services.revision_publish(keep=settings.PORTICO_REVISIONS_KEPT, pending_only=True)
+    delivery.deliver_latest()
 
 
 @shared_task(name="gatewaysync.revision_deliver")
 def revision_deliver_task(instance_pk: int) -> None:
-    _deliver_latest(instance_pk)
+    delivery.deliver_latest(instance_pk)
+
+
+@shared_task(name="gatewaysync.revision_materialize")
+def revision_materialize_task() -> None:
+    services.revision_materialize()
 
 
 @shared_task(name="gatewaysync.revision_reconcile")
 def revision_reconcile_task() -> None:
-    """Periodic safety net: publish if nothing was ever published, re-deliver to laggards."""
-    if selectors.revision_latest_number() is None:
-        services.revision_publish(keep=settings.PORTICO_REVISIONS_KEPT)
-    _deliver_latest()
+    """Periodic safety net.
+
+    Publishes a first revision or whatever the journal still holds (a publish task
+    that was lost), gives the latest revision its full document once the deltas
+    published without one pile up or age, compiles everything every
+    ``PORTICO_FULL_COMPILE_SECONDS``, and re-delivers to every instance that is behind.
+    """
+    keep = settings.PORTICO_REVISIONS_KEPT
+    last_full = cache.get(_FULL_COMPILE_AT)
+    if last_full is None or time.time() - last_full >= settings.PORTICO_FULL_COMPILE_SECONDS:
+        services.revision_publish(keep=keep, full=True)
+        cache.set(_FULL_COMPILE_AT, time.time(), timeout=None)
+    else:
+        services.revision_publish(keep=keep, pending_only=True)
+    if services.revision_materialize_due():
+        services.revision_materialize()
+    delivery.deliver_latest()
 
 
 @shared_task(name="gatewaysync.usage_drain")

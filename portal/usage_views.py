@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
 from consumers import usage as usage_selectors
-from consumers.models import Consumer, UsageRecord
+from consumers.models import Consumer, UsageHourly
 from consumers.selectors import consumer_get_for_user
 from consumers.usage import Window
 
@@ -90,8 +90,8 @@ def _filters(request: UsageRequest) -> UsageFilters:
     return UsageFilters(window=window, app=app, product_id=product_id)
 
 
-def _records(request: UsageRequest, filters: UsageFilters) -> QuerySet[UsageRecord]:
-    return usage_selectors.usage_records_for_user(
+def _rollups(request: UsageRequest, filters: UsageFilters) -> QuerySet[UsageHourly]:
+    return usage_selectors.usage_for_user(
         user=request.user, consumer=filters.app, product_id=filters.product_id
     )
 
@@ -111,11 +111,11 @@ def _app_choices(user: User) -> list[tuple[int, str]]:
 @require_GET
 def usage(request: UsageRequest) -> HttpResponse:
     filters = _filters(request)
-    report = usage_selectors.usage_report(records=_records(request, filters), window=filters.window)
+    report = usage_selectors.usage_report(rollups=_rollups(request, filters), window=filters.window)
     # Only an empty page asks whether there were ever any calls: it decides between
     # "make your first call" and "nothing matches these filters".
     has_any_calls = (
-        not report.is_empty or usage_selectors.usage_records_for_user(user=request.user).exists()
+        not report.is_empty or usage_selectors.usage_for_user(user=request.user).exists()
     )
     context = {
         "filters": filters,
@@ -168,7 +168,10 @@ def usage_csv(request: UsageRequest) -> StreamingHttpResponse:
     filters = _filters(request)
     # Evaluated before streaming starts: the generator below only formats, so no query
     # runs after the view returns (outside the request's connection handling).
-    rows = usage_selectors.usage_csv_rows(records=_records(request, filters), window=filters.window)
+    # Hourly rows (daily for the 7- and 30-day windows) per app, product and model, from
+    # the rollups like the page, so the file and the page agree; per-call detail stays in
+    # the raw usage records.
+    rows = usage_selectors.usage_csv_rows(rollups=_rollups(request, filters), window=filters.window)
     writer = csv.writer(_Echo())
 
     def lines() -> Iterator[str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 import redis
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import connection
 
 from catalog import services as catalog_services
 from catalog.models import Plan, Product, Upstream
@@ -135,3 +137,18 @@ def redis_url(tmp_path) -> Iterator[str]:
     finally:
         client.close()
         stack.stop_all()
+
+
+def run_in_thread(fn: Callable[[], None], errors: list[BaseException]) -> threading.Thread:
+    """A thread running ``fn`` with its own database connection; what it raises lands in
+    ``errors`` for the test to report, instead of being lost with the thread."""
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    return threading.Thread(target=run)

@@ -130,7 +130,7 @@ def test_rejected_revision_is_recorded_and_the_gateway_keeps_its_own(gateway, ow
     bad = Revision.objects.create(
         number=good.number + 1,
         content_hash="0" * 64,
-        document=bytes(good.document).replace(b'"schema":1', b'"schema":99'),
+        document=bytes(good.document or b"").replace(b'"schema":1', b'"schema":99'),
     )
     instance.refresh_from_db()
     delivery.deliver_to_all([instance], bad)

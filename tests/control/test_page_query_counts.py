@@ -25,9 +25,11 @@ from django.utils import timezone
 
 from catalog.models import Category, ModelRoute, Plan, Product
 from consumers import usage
-from consumers.models import Consumer, Credential, Subscription, UsageRecord
+from consumers.models import Consumer, Credential, Subscription
 from consumers.selectors import PANEL_SUBSCRIPTIONS
+from consumers.services import usage_records_ingest
 from consumers.views import APPS_PAGE_SIZE
+from gateway import schema
 from portal.models import Membership
 from tests.conftest import Catalog, make_subscribed_app
 
@@ -91,20 +93,23 @@ def grow(
         )
     ] + [Subscription(consumer=app, product=p, plan=plans[p.pk], status="approved") for p in new]
     Subscription.objects.bulk_create(subscriptions)
-    UsageRecord.objects.bulk_create(
-        UsageRecord(
-            event_id=f"{tag}-{n}",
-            request_id=f"{tag}-{n}",
-            ts=now - timedelta(hours=n % 100),
-            consumer_id=sub.consumer_id,
-            product_id=sub.product_id,
-            model=f"model-{n % 3}",
-            status=500 if n % 7 == 0 else 200,
-            latency_ms=100.0,
-            prompt_tokens=10,
-            completion_tokens=20,
-        )
-        for n, sub in enumerate(subscriptions * 2)
+    # Through the ingest service, as gateways' reports are: it keeps the rollups too.
+    usage_records_ingest(
+        events=[
+            schema.UsageEvent(
+                id=f"{tag}-evt-{n:06d}",
+                request_id=f"{tag}-{n}",
+                ts=(now - timedelta(hours=n % 100)).timestamp(),
+                consumer=sub.consumer_id,
+                product=sub.product_id,
+                model=f"model-{n % 3}",
+                status=500 if n % 7 == 0 else 200,
+                latency_ms=100.0,
+                prompt_tokens=10,
+                completion_tokens=20,
+            )
+            for n, sub in enumerate(subscriptions * 2)
+        ]
     )
 
 
@@ -131,8 +136,11 @@ def measured_pages(catalog: Catalog, app: Consumer) -> list[tuple[str, dict[str,
         (reverse("portal:app", args=[app.pk]), {}),
         (f"{usage_url}?window=24h", {}),
         (usage_url, {}),
+        (f"{usage_url}?window=30d", {}),
         (usage_url, HX),
         (f"{usage_url}?window=30d&app={app.pk}", {}),
+        (f"{usage_url}?window=30d&product={catalog.product.pk}", {}),
+        (f"{csv_url}?window=24h", {}),
         (f"{csv_url}?window=7d", {}),
         ("/api/v1/products/", JSON),
         ("/api/v1/products/?q=scale&kind=model", JSON),
@@ -197,8 +205,8 @@ def test_the_subscribe_panel_lists_a_bounded_number_of_subscriptions(client, dev
 def test_the_usage_breakdown_shows_the_busiest_pairs_and_sums_the_rest(developer, catalog):
     app = make_subscribed_app(owner=developer, catalog=catalog, name="measured")
     grow(catalog, developer, app, products=40, apps=0, tag="x")
-    records = usage.usage_records_for_user(user=developer)
-    report = usage.usage_report(records=records, window=usage.WINDOWS["30d"])
+    records = usage.usage_for_user(user=developer)
+    report = usage.usage_report(rollups=records, window=usage.WINDOWS["30d"])
     shown, rest = report.breakdown[:-1], report.breakdown[-1]
     assert len(shown) == usage.BREAKDOWN_ROWS
     pairs = records.values("product_id", "model").distinct().count()

@@ -21,7 +21,9 @@ def publish() -> Revision | None:
 
 def applied(rev: Revision) -> gw_revision.AppliedRevision:
     """Decode and validate exactly as a gateway does."""
-    return gw_revision.build(gw_revision.decode_revision(bytes(rev.document)), gateway_keys())
+    return gw_revision.build(
+        gw_revision.decode_revision(bytes(rev.document or b"")), gateway_keys()
+    )
 
 
 def test_revision_holds_what_the_gateway_needs_and_validates(subscription, catalog):
@@ -45,7 +47,7 @@ def test_secrets_are_sealed_in_the_document(subscription):
     issued = services.credential_create(consumer=subscription.consumer, name="k")
     rev = publish()
     assert rev is not None
-    document = bytes(rev.document)
+    document = bytes(rev.document or b"")
     assert b"sk-upstream-" not in document
     assert issued.key.encode() not in document
 

@@ -46,7 +46,7 @@ def test_unpublished_everywhere_goes_back_to_draft_and_off_the_gateway(owner, ca
     assert catalog.product.status == Product.Status.DRAFT
     revision = sync_services.revision_publish(keep=5)
     assert revision is not None
-    document = bytes(revision.document)
+    document = bytes(revision.document or b"")
     assert b'"chat"' not in document
     assert hash_key(issued.key).encode() in document  # the key lives on; the access does not
 

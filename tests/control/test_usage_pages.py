@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from consumers import services as consumer_services
 from consumers import usage
-from consumers.models import Consumer, UsageRecord
+from consumers.models import Consumer, UsageHourly, UsageRecord
+from gateway import schema
 from portal.usage_views import CSV_HEADER
 from tests.conftest import Catalog, make_catalog, make_subscribed_app
 
@@ -52,8 +53,8 @@ def record(
     credential_id: int | None = None,
 ) -> UsageRecord:
     return UsageRecord(
-        event_id=f"evt-{next(_event_ids)}",
-        request_id=f"req-{next(_event_ids)}",
+        event_id=f"evt-{next(_event_ids):08d}",
+        request_id=f"req-{next(_event_ids):08d}",
         ts=ts,
         consumer_id=app.pk if isinstance(app, Consumer) else app,
         credential_id=credential_id,
@@ -66,8 +67,27 @@ def record(
     )
 
 
+def event(r: UsageRecord) -> schema.UsageEvent:
+    """What a gateway would have reported for the call ``r`` records."""
+    return schema.UsageEvent(
+        id=r.event_id,
+        request_id=r.request_id,
+        ts=r.ts.timestamp(),
+        status=r.status,
+        latency_ms=r.latency_ms,
+        consumer=r.consumer_id,
+        credential=r.credential_id,
+        product=r.product_id,
+        model=r.model or None,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+    )
+
+
 def save(*records: UsageRecord) -> None:
-    UsageRecord.objects.bulk_create(records)
+    """Store the calls the way gateways' reports are stored: through the ingest service,
+    which keeps the rollups the dashboards read."""
+    consumer_services.usage_records_ingest(events=[event(r) for r in records])
 
 
 class World:
@@ -122,8 +142,8 @@ def test_hourly_series_counts_calls_and_errors_and_fills_empty_hours_with_zeros(
         record(world.app, HOUR - timedelta(hours=23, seconds=1), product_id=p),
         record(world.app, HOUR + timedelta(hours=1), product_id=p),
     )
-    records = usage.usage_records_for_user(user=world.app.owner)
-    report = usage.usage_report(records=records, window=usage.WINDOWS["24h"], now=NOW)
+    records = usage.usage_for_user(user=world.app.owner)
+    report = usage.usage_report(rollups=records, window=usage.WINDOWS["24h"], now=NOW)
 
     assert len(report.buckets) == 24
     assert report.buckets[0].start == HOUR - timedelta(hours=23)
@@ -151,9 +171,9 @@ def test_daily_windows_have_one_bucket_per_day_ending_today(world):
         record(world.app, TODAY - timedelta(days=6) - timedelta(seconds=1)),  # 8th day back
         record(world.app, TODAY - timedelta(days=29)),
     )
-    records = usage.usage_records_for_user(user=world.app.owner)
-    week = usage.usage_report(records=records, window=usage.WINDOWS["7d"], now=NOW)
-    month = usage.usage_report(records=records, window=usage.WINDOWS["30d"], now=NOW)
+    records = usage.usage_for_user(user=world.app.owner)
+    week = usage.usage_report(rollups=records, window=usage.WINDOWS["7d"], now=NOW)
+    month = usage.usage_report(rollups=records, window=usage.WINDOWS["30d"], now=NOW)
 
     assert [b.start for b in week.buckets] == [TODAY - timedelta(days=d) for d in range(6, -1, -1)]
     assert [b.stats.requests for b in week.buckets] == [1, 0, 0, 0, 0, 0, 1]
@@ -171,7 +191,7 @@ def test_tokens_are_summed_and_latency_is_averaged_and_maxed(world):
         record(world.app, HOUR, prompt_tokens=None, completion_tokens=None, latency_ms=2),
     )
     report = usage.usage_report(
-        records=usage.usage_records_for_user(user=world.app.owner),
+        rollups=usage.usage_for_user(user=world.app.owner),
         window=usage.WINDOWS["24h"],
         now=NOW,
     )
@@ -192,7 +212,7 @@ def test_breakdown_is_per_product_and_model_and_names_deleted_products_by_id(wor
         record(world.app, HOUR, product_id=999_999, model="gone-model"),
     )
     report = usage.usage_report(
-        records=usage.usage_records_for_user(user=world.app.owner),
+        rollups=usage.usage_for_user(user=world.app.owner),
         window=usage.WINDOWS["24h"],
         now=NOW,
     )
@@ -207,10 +227,10 @@ def test_breakdown_is_per_product_and_model_and_names_deleted_products_by_id(wor
 
 def test_the_report_takes_three_queries_whatever_the_window(world, django_assert_num_queries):
     save(*[record(world.app, NOW - timedelta(hours=h), product_id=h % 3) for h in range(200)])
-    records = usage.usage_records_for_user(user=world.app.owner)
+    records = usage.usage_for_user(user=world.app.owner)
     for window in usage.WINDOWS.values():
         with django_assert_num_queries(3):
-            usage.usage_report(records=records, window=window, now=NOW)
+            usage.usage_report(rollups=records, window=window, now=NOW)
 
 
 # The page: who sees what
@@ -519,6 +539,7 @@ def test_the_page_and_csv_take_the_same_queries_for_10_or_2000_records(
     save(*spread(10))
     few = [queries(url, params) for url, params in cases]
     UsageRecord.objects.all().delete()
+    UsageHourly.objects.all().delete()
     save(*spread(2000))
     many = [queries(url, params) for url, params in cases]
 
