@@ -27,7 +27,8 @@ Every variable, its default and what it does:
 ``PORTICO_CONTROL_PLANE_URL`` (``http://127.0.0.1:8000``)
     Base URL of the control plane (heartbeats, usage ingest without Redis).
 ``PORTICO_GATEWAY_STATE_DIR`` (``var/gateway``)
-    Where the last-known-good revision (``revision.json``) and the usage spool
+    Where the last-known-good revision (``revision.json`` plus its delta log,
+    ``revision.log``) and the usage spool
     (``spool/``) live. Created if missing.
 ``PORTICO_GATEWAY_HEARTBEAT_SECONDS`` (``5``)
     Interval between heartbeats.

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, Max, OuterRef
 from django.utils import timezone
@@ -85,7 +90,59 @@ def revision_publish(
         seen = selectors.revision_latest_number()
         state = compiler.compile_state()
         precompiled = (seen, state)
-    return _publish_locked(keep=keep, pending_only=pending_only, full=full, precompiled=precompiled)
+    revision, _ = _publish_locked(
+        keep=keep, pending_only=pending_only, full=full, precompiled=precompiled
+    )
+    return revision
+
+
+def revision_reconcile_compile(*, keep: int) -> bool:
+    """The periodic full compile, which never holds the publish lock while compiling.
+
+    Compiles outside the lock; if anything was published or journalled meanwhile (the
+    compile may have missed it), publishes the journal the usual way instead and
+    returns ``False``: the caller retries the full compile on its next round. Returns
+    ``True`` when the compiled state was checked against (and if need be, published
+    over) the latest revision.
+    """
+    seen = selectors.revision_latest_number()
+    state = compiler.compile_state()
+    _, compiled = _publish_locked(
+        keep=keep, pending_only=False, full=True, precompiled=(seen, state), defer=True
+    )
+    return compiled
+
+
+@contextmanager
+def heavy_work_slot(name: str) -> Iterator[bool]:
+    """A non-blocking lock across every control-plane process: yields whether this one
+    got it. Full compiles and document builds take it, so at most one runs at a time
+    and the worker's other processes stay free to publish revocations."""
+    if connection.vendor == "postgresql":
+        key = zlib.crc32(name.encode())
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_PUBLISH_LOCK_ID, key])
+            got = bool(cursor.fetchone()[0])
+        try:
+            yield got
+        finally:
+            if got:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_PUBLISH_LOCK_ID, key])
+        return
+    # The embedded SQLite lives on this machine: a file lock reaches all its processes.
+    path = Path(settings.VAR_DIR) / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @transaction.atomic
@@ -95,7 +152,8 @@ def _publish_locked(
     pending_only: bool,
     full: bool,
     precompiled: tuple[int | None, compiler.CompiledState] | None,
-) -> Revision | None:
+    defer: bool = False,
+) -> tuple[Revision | None, bool]:
     """The publish itself, under the publish lock.
 
     The change journal decides how: only credential entries → an incremental revision
@@ -112,8 +170,17 @@ def _publish_locked(
     entries = list(
         PendingChange.objects.order_by("pk").values_list("pk", "credential_id", "key_hash")
     )
+    stale = precompiled is not None and (
+        bool(entries) or precompiled[0] != selectors.revision_latest_number()
+    )
+    if stale and defer:
+        # The compile may have missed what landed meanwhile: publish the journal as a
+        # publish task would, and leave the full compile for another round.
+        full, precompiled = False, None
+        if not entries:
+            return None, False
     if not entries and pending_only and not full:
-        return None
+        return None, False
     outcome: Revision | None = None
     if (
         not full
@@ -122,20 +189,15 @@ def _publish_locked(
         and all(credential_id is not None for _, credential_id, _ in entries)
     ):
         outcome = _publish_incremental(entries)
+    compiled_fully = outcome is None
     if outcome is None:
-        fresh = None
-        if (
-            precompiled is not None
-            and not entries
-            and precompiled[0] == selectors.revision_latest_number()
-        ):
-            fresh = precompiled[1]  # nothing happened since the compile began
+        fresh = precompiled[1] if precompiled is not None and not stale else None
         outcome = _publish_full(fresh)
     _consume([pk for pk, _, _ in entries])
     if outcome is _UNCHANGED:
-        return None
+        return None, compiled_fully
     _prune(keep)
-    return outcome
+    return outcome, compiled_fully
 
 
 # Past this many changed keys in one publish (a bulk import) a delta stops being small

@@ -33,11 +33,6 @@ def revision_deliver_task(instance_pk: int) -> None:
     delivery.deliver_latest(instance_pk)
 
 
-@shared_task(name="gatewaysync.revision_materialize")
-def revision_materialize_task() -> None:
-    services.revision_materialize()
-
-
 @shared_task(name="gatewaysync.revision_reconcile")
 def revision_reconcile_task() -> None:
     """Periodic safety net.
@@ -48,15 +43,22 @@ def revision_reconcile_task() -> None:
     ``PORTICO_FULL_COMPILE_SECONDS``, and re-delivers to every instance that is behind.
     """
     keep = settings.PORTICO_REVISIONS_KEPT
-    last_full = cache.get(_FULL_COMPILE_AT)
-    if last_full is None or time.time() - last_full >= settings.PORTICO_FULL_COMPILE_SECONDS:
-        services.revision_publish(keep=keep, full=True)
-        cache.set(_FULL_COMPILE_AT, time.time(), timeout=None)
-    else:
-        services.revision_publish(keep=keep, pending_only=True)
-    if services.revision_materialize_due():
-        services.revision_materialize()
+    services.revision_publish(keep=keep, pending_only=True)
+    # The heavy parts run in one process at a time (a reconcile outlasting the beat
+    # interval must not start a second one), leaving the worker's other processes free
+    # for the publishes that carry revocations.
+    with services.heavy_work_slot("reconcile") as mine:
+        if mine:
+            if _full_compile_due() and services.revision_reconcile_compile(keep=keep):
+                cache.set(_FULL_COMPILE_AT, time.time(), timeout=None)
+            if services.revision_materialize_due():
+                services.revision_materialize()
     delivery.deliver_latest()
+
+
+def _full_compile_due() -> bool:
+    last = cache.get(_FULL_COMPILE_AT)
+    return last is None or time.time() - last >= settings.PORTICO_FULL_COMPILE_SECONDS
 
 
 @shared_task(name="gatewaysync.usage_drain")

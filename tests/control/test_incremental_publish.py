@@ -345,3 +345,61 @@ def test_a_full_publish_compiles_outside_the_lock_and_rechecks_inside(
     assert latest is not None
     assert key_hash not in document(latest).doc.credentials
     assert_same_as_a_full_compile(latest)
+
+
+def test_the_periodic_compile_defers_to_changes_that_land_while_it_runs(
+    owner, subscription, monkeypatch
+):
+    """The reconcile's compile never holds the publish lock: a key revoked while it runs
+    is published as a delta at once, and the full compile is left for the next round."""
+    issued = services.credential_create(consumer=subscription.consumer, name="k")
+    publish(full=True)
+    real = compiler.compile_state
+
+    def compile_then_a_revocation_lands() -> compiler.CompiledState:
+        state = real()
+        if issued.credential.revoked_at is None:
+            services.credential_revoke(credential=issued.credential)
+        return state
+
+    monkeypatch.setattr(compiler, "compile_state", compile_then_a_revocation_lands)
+    assert sync_services.revision_reconcile_compile(keep=KEEP) is False
+    monkeypatch.setattr(compiler, "compile_state", real)
+    assert not PendingChange.objects.exists()
+    latest = Revision.objects.order_by("-number").first()
+    assert latest is not None
+    assert issued.credential.key_hash not in document(latest).doc.credentials
+    # Once quiet, the next round's compile goes through and finds nothing new.
+    assert sync_services.revision_reconcile_compile(keep=KEEP) is True
+    assert Revision.objects.order_by("-number").first() == latest
+
+
+def test_heavy_work_runs_in_one_process_at_a_time(transactional_db):
+    held = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def hold() -> None:
+        with sync_services.heavy_work_slot("reconcile") as mine:
+            assert mine
+            held.set()
+            release.wait(10)
+
+    holder = run_in_thread(hold, errors)
+    holder.start()
+    assert held.wait(10)
+    seen: list[bool] = []
+
+    def try_it() -> None:
+        with sync_services.heavy_work_slot("reconcile") as mine:
+            seen.append(mine)
+
+    other = run_in_thread(try_it, errors)
+    other.start()
+    other.join(10)
+    release.set()
+    holder.join(10)
+    assert not errors
+    assert seen == [False]
+    with sync_services.heavy_work_slot("reconcile") as mine:
+        assert mine  # free again once the holder is done
