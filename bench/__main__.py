@@ -56,9 +56,10 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import bench_revision, pin
 from devstack.procs import PYTHON, Stack, free_port, wait_until
 from gateway import schema
-from gateway.keys import generate_key, hash_key
+from gateway.keys import generate_key
 from gateway.revision import encode
 from gateway.secrets import GatewayKeys
 
@@ -141,11 +142,6 @@ def litellm_config(path: Path, mock_url: str, upstream_key: str, master_key: str
         ]
     lines += ["general_settings:", f"  master_key: {master_key}"]
     path.write_text("\n".join(lines) + "\n")
-
-
-def pin(pid: int, core: int) -> None:
-    if (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {core})
 
 
 def cpu_seconds(pids: int | list[int]) -> float:
@@ -242,38 +238,6 @@ def run_wrk(
         p99_ms=_ms(latency["99"]),
         cpu_us_per_request=(after - before) * 1e6 / requests if requests else None,
     )
-
-
-def bench_revision(keys: GatewayKeys, mock_url: str, upstream_key: str, app_key: str) -> bytes:
-    plan = schema.Plan(id=1, name="Bench")
-    doc = schema.Revision(
-        schema=1,
-        revision=1,
-        created_at=dt.datetime.now(dt.UTC).isoformat(),
-        upstreams={
-            "mock": schema.Upstream(
-                vendor="openai", base_url=mock_url, secret=keys.seal(upstream_key)
-            )
-        },
-        products={
-            "bench": schema.Product(
-                id=1,
-                slug="bench",
-                kind="model",
-                models={
-                    public: schema.ModelRoute(upstream="mock", upstream_model=upstream)
-                    for upstream, public, _ in SCENARIOS.values()
-                },
-            )
-        },
-        consumers={
-            "1": schema.Consumer(
-                id=1, subscriptions={"bench": schema.Subscription(id=1, plan=plan)}
-            )
-        },
-        credentials={hash_key(app_key): schema.Credential(id=1, consumer=1)},
-    )
-    return encode(doc)
 
 
 def versions() -> str:
@@ -408,7 +372,16 @@ def proxy_suite(args: argparse.Namespace) -> str:
         pin(gateway.process.pid, 0)
         pushed = httpx.put(
             f"http://127.0.0.1:{admin_port}/revision",
-            content=bench_revision(keys, f"http://127.0.0.1:{mock_port}/v1", upstream_key, app_key),
+            content=encode(
+                bench_revision(
+                    keys,
+                    mock_url=f"http://127.0.0.1:{mock_port}/v1",
+                    upstream_key=upstream_key,
+                    app_key=app_key,
+                    models={public: upstream for upstream, public, _ in SCENARIOS.values()},
+                    plan=schema.Plan(id=1, name="Bench"),
+                )
+            ),
             headers={"Authorization": f"Bearer {keys.auth_token}"},
         )
         pushed.raise_for_status()

@@ -31,7 +31,6 @@ import asyncio
 import datetime as dt
 import gc
 import hashlib
-import os
 import random
 import re
 import secrets
@@ -50,6 +49,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from bench.common import bench_revision, percentile, pin
 from devstack.procs import PYTHON, Service, Stack, free_port, wait_until
 from gateway import schema
 from gateway.keys import generate_key, hash_key
@@ -148,11 +148,6 @@ def _read_samples(path: Path) -> tuple[list[float], list[float], list[int]]:
 # Helpers -------------------------------------------------------------------------------
 
 
-def _pin(pid: int, core: int) -> None:
-    if (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {core})
-
-
 def _proc_mb(pid: int, field_name: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
@@ -165,13 +160,6 @@ def _reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def _percentile(values: list[float], share: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def _key_hash(i: int) -> str:
     return hashlib.sha256(b"keyscale-%d" % i).hexdigest()
 
@@ -179,37 +167,22 @@ def _key_hash(i: int) -> str:
 def _document(
     n: int, keys: GatewayKeys, mock_url: str, upstream_key: str, app_key: str
 ) -> schema.Revision:
-    plan = schema.Plan(id=1, name="Bench", requests_per_minute=1_000_000)
     consumers = max(1, n // KEYS_PER_CONSUMER)
-    credentials = {hash_key(app_key): schema.Credential(id=1, consumer=1)}
-    for i in range(1, n):
-        credentials[_key_hash(i)] = schema.Credential(
+    more = {
+        _key_hash(i): schema.Credential(
             id=i + 1, consumer=i % consumers + 1, expires_at=None if i % 2 else 4102444800.0
         )
-    return schema.Revision(
-        schema=1,
-        revision=1,
-        created_at=dt.datetime.now(dt.UTC).isoformat(),
-        upstreams={
-            "mock": schema.Upstream(
-                vendor="openai", base_url=mock_url, secret=keys.seal(upstream_key)
-            )
-        },
-        products={
-            "bench": schema.Product(
-                id=1,
-                slug="bench",
-                kind="model",
-                models={"bench": schema.ModelRoute(upstream="mock", upstream_model="mock")},
-            )
-        },
-        consumers={
-            str(c): schema.Consumer(
-                id=c, subscriptions={"bench": schema.Subscription(id=c, plan=plan)}
-            )
-            for c in range(1, consumers + 1)
-        },
-        credentials=credentials,
+        for i in range(1, n)
+    }
+    return bench_revision(
+        keys,
+        mock_url=mock_url,
+        upstream_key=upstream_key,
+        app_key=app_key,
+        models={"bench": "mock"},
+        plan=schema.Plan(id=1, name="Bench", requests_per_minute=1_000_000),
+        consumers=consumers,
+        more_credentials=more,
     )
 
 
@@ -240,7 +213,7 @@ def _put(url: str, path: Path, token: str, tmp: Path) -> object:
         ],
         capture_output=True,
         check=True,
-        preexec_fn=lambda: _pin(0, 1),
+        preexec_fn=lambda: pin(0, 1),
     )
     return msgspec.json.decode(out.stdout)
 
@@ -289,7 +262,7 @@ def _start_gateway(
         ready_timeout=120,
         cwd=ROOT,
     )
-    _pin(service.process.pid, 0)
+    pin(service.process.pid, 0)
     return service
 
 
@@ -326,7 +299,7 @@ def _measure(
         ],
         cwd=ROOT,
     )
-    _pin(load.process.pid, 1)
+    pin(load.process.pid, 1)
     windows: list[tuple[float, float]] = []
     try:
         time.sleep(2.0)  # the load settles; these seconds are "outside" samples too
@@ -387,7 +360,7 @@ def _measure(
     for run, (lo, hi) in zip(scale.runs, windows, strict=True):
         during = [lat for s, lat in zip(starts, latencies, strict=True) if lo <= s <= hi]
         run.during_count = len(during)
-        run.during_p99_ms = _percentile(during, 0.99) * 1000
+        run.during_p99_ms = percentile(during, 0.99) * 1000
         run.during_max_ms = max(during, default=float("nan")) * 1000
         run.errors = sum(
             1 for s, st in zip(starts, statuses, strict=True) if lo <= s <= hi and st != 200
@@ -396,7 +369,7 @@ def _measure(
         if all(not (lo - margin <= s <= hi + 2.0) for lo, hi in windows):
             outside.append(lat)
     scale.outside_count = len(outside)
-    scale.outside_p99_ms = _percentile(outside, 0.99) * 1000
+    scale.outside_p99_ms = percentile(outside, 0.99) * 1000
     scale.outside_max_ms = max(outside, default=float("nan")) * 1000
 
     # Restart on the state directory: the snapshot plus the delta log.
@@ -531,7 +504,7 @@ def run(keys: list[int], runs: int, rate: float = 500.0) -> str:
             ready_url=f"http://127.0.0.1:{mock_port}/v1/models",
             cwd=ROOT,
         )
-        _pin(mock.process.pid, 1)
+        pin(mock.process.pid, 1)
         for n in keys:
             print(f"keyscale: {n:,} keys…", file=sys.stderr, flush=True)
             scales.append(

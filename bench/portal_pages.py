@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
+from bench.common import percentile, setup_django
+
 if TYPE_CHECKING:
     from django.test import Client
 
@@ -108,21 +110,6 @@ class Measurement:
     @property
     def ok(self) -> bool:
         return self.status == 200 and self.queries_stable and self.p95_ms <= TARGET_P95_MS
-
-
-def _setup_django(var_dir: Path) -> None:
-    """Configure Django for this process unless the caller already did."""
-    from django.conf import settings
-
-    if not settings.configured:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-        # Secrets, broker folder and the SQLite file of this benchmark, apart from
-        # `make run`'s and the tests'.
-        os.environ["PORTICO_VAR_DIR"] = str(var_dir)
-        var_dir.mkdir(parents=True, exist_ok=True)
-    import django
-
-    django.setup()
 
 
 @contextmanager
@@ -376,12 +363,6 @@ def seed(*, products: int, consumers: int, usage_records: int, rnd: random.Rando
 # Measuring
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def _fetch(client: Client, page: Page) -> tuple[int, int]:
     response = client.get(page.url, headers=page.headers)
     if getattr(response, "streaming", False):
@@ -413,8 +394,8 @@ def measure(client: Client, page: Page, samples: int) -> Measurement:
         status=status,
         queries=counts[-1],
         queries_stable=len(set(counts)) == 1,
-        p50_ms=_percentile(times, 0.50),
-        p95_ms=_percentile(times, 0.95),
+        p50_ms=percentile(times, 0.50),
+        p95_ms=percentile(times, 0.95),
         max_ms=times[-1],
         size_bytes=size,
     )
@@ -541,7 +522,7 @@ def run(
 ) -> str:
     """Seed a dedicated database, measure every developer page, return a Markdown section."""
     say = progress or (lambda message: None)
-    _setup_django(var_dir or DEFAULT_VAR_DIR)
+    setup_django(var_dir or DEFAULT_VAR_DIR)
     from django.contrib.auth.models import User
     from django.test import Client
 

@@ -47,6 +47,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from bench.common import percentile, setup_django
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VAR_DIR = ROOT / "var" / "bench-revocation"
 PG_DB_NAME = "portico_bench_revocation"
@@ -54,21 +56,6 @@ TARGET_P99_S = 1.0
 KEYS_PER_APP = 100
 POLL_INTERVAL_S = 0.002
 TRIAL_TIMEOUT_S = 30.0
-
-
-def _setup_django(var_dir: Path) -> None:
-    """Configure Django for this process with the benchmark's own var dir."""
-    from django.conf import settings
-
-    if not settings.configured:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-        os.environ["PORTICO_VAR_DIR"] = str(var_dir)
-        var_dir.mkdir(parents=True, exist_ok=True)
-        # Stale broker messages of an earlier run would be delivered to this one.
-        shutil.rmtree(var_dir / "celery", ignore_errors=True)
-    import django
-
-    django.setup()
 
 
 @contextmanager
@@ -270,18 +257,13 @@ def _start_stack(
     return found
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
 def _row(label: str, values: list[float]) -> str:
     def ms(v: float) -> str:
         return "timeout" if math.isinf(v) else f"{v * 1000:.0f}"
 
     return (
         f"| {label} | {len(values)} | {ms(min(values))} | {ms(statistics.median(values))} | "
-        f"{ms(_percentile(values, 0.99))} | {ms(max(values))} |"
+        f"{ms(percentile(values, 0.99))} | {ms(max(values))} |"
     )
 
 
@@ -297,7 +279,7 @@ def report(
     from django.db import connection
 
     slowest = [t.slowest for t in trials]
-    p99 = _percentile(slowest, 0.99)
+    p99 = percentile(slowest, 0.99)
     verdict = "meets" if p99 <= TARGET_P99_S else "misses"
     database = "PostgreSQL" if connection.vendor == "postgresql" else "SQLite (embedded)"
     broker = "Redis" if settings.REDIS_URL else "file-system (embedded)"
@@ -343,7 +325,7 @@ def run(
     say = progress or (lambda message: None)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     var = (var_dir or DEFAULT_VAR_DIR).resolve()
-    _setup_django(var)
+    setup_django(var)
     from django.conf import settings
     from django.db import connection
 

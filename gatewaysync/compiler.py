@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 
 import msgspec
@@ -24,6 +26,8 @@ from gateway.secrets import GatewayKeys
 from portal.models import Membership
 
 _encoder = msgspec.json.Encoder()
+
+CredentialRow = tuple[str, int, int, datetime | None]  # key_hash, pk, consumer_id, expires_at
 
 
 def gateway_keys() -> GatewayKeys:
@@ -60,6 +64,30 @@ def usable_consumers() -> QuerySet[Consumer]:
     return Consumer.objects.filter(status=Consumer.Status.ACTIVE, owner__is_active=True).exclude(
         Exists(suspended)
     )
+
+
+def usable_credential_rows(now: datetime) -> QuerySet[Credential, CredentialRow]:
+    """``(key_hash, pk, consumer_id, expires_at)`` of every key a gateway may accept at
+    ``now``: not revoked, not expired, of a usable consumer. The one rule, for full
+    compiles and incremental publishes alike."""
+    return (
+        Credential.objects.filter(revoked_at__isnull=True, consumer__in=usable_consumers())
+        .exclude(expires_at__lte=now)
+        .values_list("key_hash", "pk", "consumer_id", "expires_at")
+    )
+
+
+def credential_entries(rows: Iterable[CredentialRow]) -> Iterator[tuple[str, schema.Credential]]:
+    """The revision's entries for rows of :func:`usable_credential_rows`."""
+    for key_hash, pk, consumer_id, expires_at in rows:
+        yield (
+            key_hash,
+            schema.Credential(
+                id=pk,
+                consumer=consumer_id,
+                expires_at=expires_at.timestamp() if expires_at else None,
+            ),
+        )
 
 
 def compile_state() -> CompiledState:
@@ -138,19 +166,8 @@ def compile_state() -> CompiledState:
             },
         )
 
-    credentials: dict[str, schema.Credential] = {}
-    rows = (
-        Credential.objects.filter(revoked_at__isnull=True, consumer__in=usable_consumers())
-        .exclude(expires_at__lte=now)
-        .order_by("pk")
-        .values_list("key_hash", "pk", "consumer_id", "expires_at")
-    )
-    for key_hash, pk, consumer_id, expires_at in rows.iterator(chunk_size=10_000):
-        credentials[key_hash] = schema.Credential(
-            id=pk,
-            consumer=consumer_id,
-            expires_at=expires_at.timestamp() if expires_at else None,
-        )
+    rows = usable_credential_rows(now).order_by("pk")
+    credentials = dict(credential_entries(rows.iterator(chunk_size=10_000)))
 
     fingerprinted = {
         uid: msgspec.structs.replace(u, secret=fingerprints.get(uid))

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, Max, OuterRef
+from django.db.models import Max
 from django.utils import timezone
 
 from consumers.models import Credential
@@ -85,13 +85,8 @@ def revision_publish(
     published and nothing was journalled since it began — else it compiles again
     under the lock, as any full publish would.
     """
-    precompiled = None
-    if full:
-        seen = selectors.revision_latest_number()
-        state = compiler.compile_state()
-        precompiled = (seen, state)
     revision, _ = _publish_locked(
-        keep=keep, pending_only=pending_only, full=full, precompiled=precompiled
+        keep=keep, pending_only=pending_only, full=full, precompiled=_precompile() if full else None
     )
     return revision
 
@@ -105,12 +100,16 @@ def revision_reconcile_compile(*, keep: int) -> bool:
     ``True`` when the compiled state was checked against (and if need be, published
     over) the latest revision.
     """
-    seen = selectors.revision_latest_number()
-    state = compiler.compile_state()
     _, compiled = _publish_locked(
-        keep=keep, pending_only=False, full=True, precompiled=(seen, state), defer=True
+        keep=keep, pending_only=False, full=True, precompiled=_precompile(), defer=True
     )
     return compiled
+
+
+def _precompile() -> tuple[int | None, compiler.CompiledState]:
+    """The whole state, compiled without the publish lock, and the latest revision's
+    number when the compile began (to tell whether anything was published meanwhile)."""
+    return selectors.revision_latest_number(), compiler.compile_state()
 
 
 @contextmanager
@@ -247,28 +246,16 @@ def _publish_incremental(entries: list[tuple[int, int | None, str]]) -> Revision
         return None
     ids = {credential_id for _, credential_id, _ in entries if credential_id is not None}
     hashes = {key_hash for _, _, key_hash in entries if key_hash}
-    usable = compiler.usable_consumers().filter(pk=OuterRef("consumer_id"))
-    rows = (
-        Credential.objects.filter(pk__in=ids)
-        .annotate(usable=Exists(usable))
-        .values_list("pk", "key_hash", "consumer_id", "expires_at", "revoked_at", "usable")
-    )
+    # The journal names every changed key's hash (it never changes), so a key that is
+    # gone or no longer usable is removed, and the usable ones are upserted by the
+    # same rule a full compile applies.
     now = timezone.now()
     upsert: dict[str, schema.Credential] = {}
-    for pk, key_hash, consumer_id, expires_at, revoked_at, is_usable in rows:
-        hashes.add(key_hash)
-        # The same rule as compile_state: revoked, expired and unusable keys are absent.
-        if revoked_at is not None or (expires_at is not None and expires_at <= now):
-            continue
-        if not is_usable:
-            continue
-        if str(consumer_id) not in frame.consumers:
+    usable = compiler.usable_credential_rows(now).filter(pk__in=ids)
+    for key_hash, entry in compiler.credential_entries(usable):
+        if str(entry.consumer) not in frame.consumers:
             return None  # the consumer changed without a journal entry: compile
-        upsert[key_hash] = schema.Credential(
-            id=pk,
-            consumer=consumer_id,
-            expires_at=expires_at.timestamp() if expires_at else None,
-        )
+        upsert[key_hash] = entry
     remove = hashes - upsert.keys()
     if latest.credentials <= MATERIALIZE_INLINE_MAX:
         # Small enough to read the latest document: send only real differences, and
