@@ -26,11 +26,17 @@ Targets:
 - ``gateway``: ``python -m gateway`` with a pushed revision, key authentication,
   subscription check, usage events to a Redis stream (when ``redis-server`` is
   installed; else to the disk spool) — the full path an app's call takes today;
+- ``gateway-local``: the same without Redis (usage to the disk spool, limits counted
+  in-process); it runs the policy scenarios only;
 - ``gateway-2p``: the same with two worker processes, unpinned, to see how it scales
   (see the report's note: this machine has no spare core for the load generator);
 - ``litellm``: the LiteLLM proxy (``litellm[proxy]==1.108.7``, installed into its own
   virtualenv under ``var/bench/litellm`` on first use), one worker, no database, a
   random master key, the local model cost map — against the same mock.
+
+The gateways also run the policy scenarios (``POLICY_SCENARIOS``): the full policy
+chain with a plan's limits counted on every call, and Anthropic's ``/v1/messages``
+converted to the OpenAI-wire mock, streaming and not.
 
 Writes ``bench/results/<date>.md`` and prints its summary table.
 """
@@ -55,11 +61,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import msgspec
 
-from bench.common import bench_revision, pin
+from bench.common import bench_revision, cpu_times, pin
 from devstack.procs import PYTHON, Stack, free_port, wait_until
 from gateway import schema
-from gateway.keys import generate_key
+from gateway.keys import generate_key, hash_key
 from gateway.revision import encode
 from gateway.secrets import GatewayKeys
 
@@ -70,10 +77,28 @@ SCENARIOS = {
     "non-stream": ("mock", "bench", False),
     "stream-20": ("mock-chunks-20", "bench-stream", True),
 }
+# Gateway-only scenarios: (public model, stream, path, body format, limited plan).
+# "limits": the full policy chain with a plan's request and token limits counted (in
+# Redis on "gateway", in-process on "gateway-local") and never reached; "messages":
+# Anthropic's /v1/messages converted to the OpenAI-wire mock and back.
+POLICY_SCENARIOS = {
+    "limits": ("bench", False, "/v1/chat/completions", "openai", True),
+    "limits-stream": ("bench-stream", True, "/v1/chat/completions", "openai", True),
+    "messages": ("bench", False, "/v1/messages", "anthropic", False),
+    "messages-stream": ("bench-stream", True, "/v1/messages", "anthropic", False),
+}
+# Limits that are counted on every call and never refuse one in a run.
+BENCH_LIMITS = schema.Plan(
+    id=2,
+    name="Bench limited",
+    requests_per_minute=1_000_000_000,
+    tokens_per_minute=1_000_000_000,
+    tokens_per_day=1_000_000_000,
+)
 CONCURRENCY = (1, 50, 500)
 LITELLM_VERSION = "1.108.7"
 LITELLM_VENV = ROOT / "var" / "bench" / "litellm"
-ALL_TARGETS = "direct,bare,gateway,gateway-2p,litellm"
+ALL_TARGETS = "direct,bare,gateway,gateway-local,gateway-2p,litellm"
 
 
 @dataclass
@@ -198,12 +223,6 @@ def wrk_script(path: Path, body: dict[str, object], key: str | None) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def cpu_times() -> tuple[int, int]:
-    """(steal, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return values[7], sum(values)
-
-
 def run_wrk(
     wrk: str, url: str, script: Path, connections: int, duration: int, server_pid: int | list[int]
 ) -> Run:
@@ -323,8 +342,9 @@ def proxy_suite(args: argparse.Namespace) -> str:
     keys = GatewayKeys.from_secret(keys_secret)
     upstream_key = "sk-bench-" + secrets.token_urlsafe(16)
     app_key = generate_key()
-    mock_port, bare_port, gw_port, admin_port, gw2_port, litellm_port = (
-        free_port() for _ in range(6)
+    limited_key = generate_key()
+    mock_port, bare_port, gw_port, admin_port, gw2_port, litellm_port, local_port = (
+        free_port() for _ in range(7)
     )
     wanted = args.targets.split(",")
     concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -370,18 +390,29 @@ def proxy_suite(args: argparse.Namespace) -> str:
             ready_url=f"http://127.0.0.1:{gw_port}/healthz",
         )
         pin(gateway.process.pid, 0)
+        doc = bench_revision(
+            keys,
+            mock_url=f"http://127.0.0.1:{mock_port}/v1",
+            upstream_key=upstream_key,
+            app_key=app_key,
+            models={public: upstream for upstream, public, _ in SCENARIOS.values()},
+            plan=schema.Plan(id=1, name="Bench"),
+            consumers=2,
+            more_credentials={hash_key(limited_key): schema.Credential(id=2, consumer=2)},
+        )
+        # App 2 runs under limits (the policy scenarios' key).
+        doc = msgspec.structs.replace(
+            doc,
+            consumers={
+                **doc.consumers,
+                "2": schema.Consumer(
+                    id=2, subscriptions={"bench": schema.Subscription(id=2, plan=BENCH_LIMITS)}
+                ),
+            },
+        )
         pushed = httpx.put(
             f"http://127.0.0.1:{admin_port}/revision",
-            content=encode(
-                bench_revision(
-                    keys,
-                    mock_url=f"http://127.0.0.1:{mock_port}/v1",
-                    upstream_key=upstream_key,
-                    app_key=app_key,
-                    models={public: upstream for upstream, public, _ in SCENARIOS.values()},
-                    plan=schema.Plan(id=1, name="Bench"),
-                )
-            ),
+            content=encode(doc),
             headers={"Authorization": f"Bearer {keys.auth_token}"},
         )
         pushed.raise_for_status()
@@ -420,6 +451,33 @@ def proxy_suite(args: argparse.Namespace) -> str:
                 True,
             ),
         }
+        if "gateway-local" in wanted:
+            # The same revision, loaded from the first gateway's last-known-good copy.
+            wait_until(
+                lambda: any((tmp / "gateway").iterdir()),
+                timeout=10,
+                what="the gateway to save its revision",
+            )
+            shutil.copytree(tmp / "gateway", tmp / "gateway-local")
+            local_env = {
+                **gateway_env,
+                "PORTICO_GATEWAY_PORT": str(local_port),
+                "PORTICO_GATEWAY_ADMIN_PORT": "0",
+                "PORTICO_GATEWAY_STATE_DIR": str(tmp / "gateway-local"),
+            }
+            local_env.pop("REDIS_URL", None)
+            local = stack.start(
+                "gateway-local",
+                [PYTHON, "-m", "gateway"],
+                env=local_env,
+                ready_url=f"http://127.0.0.1:{local_port}/readyz",
+            )
+            pin(local.process.pid, 0)
+            targets["gateway-local"] = (
+                f"http://127.0.0.1:{local_port}/v1/chat/completions",
+                local.process.pid,
+                True,
+            )
         if "gateway-2p" in wanted:
             # Two workers load the revision the single process saved as last-known-good.
             wait_until(
@@ -483,7 +541,7 @@ def proxy_suite(args: argparse.Namespace) -> str:
             app_keys["litellm"] = master_key
         for scenario, (upstream_model, public_model, stream) in SCENARIOS.items():
             for target, (url, pid, via_gateway) in targets.items():
-                if target not in wanted:
+                if target not in wanted or target == "gateway-local":
                     continue
                 body: dict[str, object] = {
                     "model": public_model if via_gateway else upstream_model,
@@ -506,6 +564,28 @@ def proxy_suite(args: argparse.Namespace) -> str:
                         )
                     results.append(result)
                     print(_line(result), flush=True)
+        for scenario, (public_model, stream, path, form, limited) in POLICY_SCENARIOS.items():
+            for target in ("gateway", "gateway-local"):
+                if target not in wanted or target not in targets:
+                    continue
+                url, pid, _ = targets[target]
+                url = url.replace("/v1/chat/completions", path)
+                body = {
+                    "model": public_model,
+                    "messages": [{"role": "user", "content": "Say something short."}],
+                }
+                if form == "anthropic":
+                    body["max_tokens"] = 100
+                if stream:
+                    body["stream"] = True
+                script = tmp / f"{target}-{scenario}.lua"
+                wrk_script(script, body, limited_key if limited else app_key)
+                run_wrk(wrk, url, script, 10, 1, pid)  # warm-up
+                result = Result(target, scenario, 50)
+                for _ in range(args.runs):
+                    result.runs.append(run_wrk(wrk, url, script, 50, args.duration, pid))
+                results.append(result)
+                print(_line(result), flush=True)
     finally:
         stack.stop_all()
     print(summary(results))
@@ -598,6 +678,21 @@ def summary(results: list[Result]) -> str:
         x, y = _find(results, a, scenario, 50), _find(results, b, scenario, 50)
         if x and y:
             rows.append(f"- {label}: {x.median(attr) / y.median(attr):.2f}x")
+    for scenario, base in (
+        ("limits", "non-stream"),
+        ("limits-stream", "stream-20"),
+        ("messages", "non-stream"),
+        ("messages-stream", "stream-20"),
+    ):
+        plain = _find(results, "gateway", base, 50)
+        for target in ("gateway", "gateway-local"):
+            x = _find(results, target, scenario, 50)
+            if x and plain:
+                rows.append(
+                    f"- {target} {scenario} (c=50): {x.median('rps'):,.0f} req/s, "
+                    f"{x.median('cpu_us_per_request'):.0f} µs CPU/request, "
+                    f"{x.median('rps') / plain.median('rps'):.2f}x the gateway's plain {base}"
+                )
     direct, gw = (
         _find(results, "direct", "non-stream", 1),
         _find(results, "gateway", "non-stream", 1),

@@ -20,6 +20,12 @@ def pin(pid: int, core: int) -> None:
         os.sched_setaffinity(pid, {core})
 
 
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[7], sum(values)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile (NaN for no values): with 50 samples, p99 is the worst but one."""
     if not values:

@@ -25,6 +25,7 @@ class ProductPlanSerializer(serializers.Serializer):
     requests_per_minute = serializers.IntegerField(allow_null=True)
     tokens_per_minute = serializers.IntegerField(allow_null=True)
     tokens_per_day = serializers.IntegerField(allow_null=True)
+    token_quota = serializers.IntegerField(allow_null=True)
 
 
 class ProductListApi(PorticoApi):

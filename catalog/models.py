@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 _http_url = RegexValidator(r"^https?://[^\s/$.?#][^\s]*$", "Enter an http:// or https:// URL.")
+
+# The gateway's limits on these values (gateway/schema.py): a value outside them would
+# make a revision the gateway refuses, so the admin refuses it first.
+MAX_WEIGHT = 1000
+MAX_SECONDS = 3600.0
 
 MAX_TAGS = 12
 MAX_TAG_LENGTH = 32
@@ -26,14 +34,93 @@ def validate_tags(value: object) -> None:
             )
 
 
+# Vendor options an upstream may set, by vendor (every other vendor takes none).
+VENDOR_OPTIONS: dict[str, frozenset[str]] = {
+    "azure_openai": frozenset({"api_version"}),
+    "bedrock": frozenset({"region"}),
+}
+OPTION_KEYS = ("api_version", "region")
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(?:-[a-z]+)?$")
+_AWS_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
+# Bedrock's runtime endpoints name their region: bedrock-runtime[-fips].<region>.amazonaws.com,
+# also behind a VPC endpoint (vpce-….bedrock-runtime.<region>.vpce.amazonaws.com). The
+# gateway reads the region out of the host the same way (gateway/providers/bedrock.py).
+_BEDROCK_HOST = re.compile(r"(?:^|\.)bedrock-runtime(?:-fips)?\.([a-z]{2}(?:-[a-z]+)+-\d+)\.")
+_AWS_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+
+
+def validate_options(value: object) -> None:
+    """Vendor options are a small dict of known keys to non-empty strings."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValidationError("Vendor options must map names to text.")
+    unknown = sorted(set(value) - set(OPTION_KEYS))
+    if unknown:
+        raise ValidationError(
+            f"Unknown vendor option {unknown[0]!r}: the options are {', '.join(OPTION_KEYS)}."
+        )
+    for key, text in value.items():
+        if not text.strip() or len(text) > 200 or text != text.strip():
+            raise ValidationError(
+                f"The {key} option must be 1 to 200 characters without surrounding spaces."
+            )
+
+
+def bedrock_region_of(base_url: str) -> str | None:
+    """The AWS region a Bedrock runtime URL names in its host, if it names one."""
+    match = _BEDROCK_HOST.search((urlsplit(base_url).hostname or "").lower())
+    return match.group(1) if match else None
+
+
+def validate_vendor_secret(vendor: str, secret: str) -> None:
+    """Check the shape of a credential for ``vendor``. Messages never quote the secret."""
+    if vendor != Upstream.Vendor.BEDROCK:
+        return
+    parts = secret.split(":", 2)
+    if (
+        len(parts) < 2
+        or not all(parts)
+        or not _AWS_ACCESS_KEY_ID.match(parts[0])
+        or any(char.isspace() for char in secret)
+    ):
+        raise ValidationError(
+            "An AWS Bedrock secret is '<access key id>:<secret access key>', or "
+            "'<access key id>:<secret access key>:<session token>' for temporary "
+            "credentials (the access key id is upper-case letters and digits, like "
+            "AKIA…).",
+            code="aws_credential",
+        )
+
+
 class Upstream(models.Model):
-    """A backend the gateway calls. Its secret is write-only and encrypted at rest."""
+    """A backend the gateway calls. Its secrets are write-only and encrypted at rest.
+
+    The secret here is the first credential of the upstream's pool;
+    :class:`UpstreamCredential` rows add more, which the gateway rotates through when
+    one is rate-limited or refused.
+    """
 
     class Vendor(models.TextChoices):
+        # The values are the gateway's (gateway.providers.VENDORS).
         OPENAI = "openai", "OpenAI"
+        AZURE_OPENAI = "azure_openai", "Azure OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        GEMINI = "gemini", "Google Gemini"
+        BEDROCK = "bedrock", "AWS Bedrock"
+        MISTRAL = "mistral", "Mistral AI"
+        DEEPSEEK = "deepseek", "DeepSeek"
+        DASHSCOPE = "dashscope", "Alibaba DashScope (Qwen)"
+        OLLAMA = "ollama", "Ollama"
+        VLLM = "vllm", "vLLM"
         OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
 
-    name = models.CharField(max_length=120, unique=True)
+    name = models.CharField(
+        max_length=120,
+        unique=True,
+        help_text="Also what the x-portico-target response header and x-portico-upstream "
+        "pinning use.",
+    )
     vendor = models.CharField(max_length=32, choices=Vendor.choices, default=Vendor.OPENAI)
     base_url = models.CharField(
         max_length=500,
@@ -42,7 +129,16 @@ class Upstream(models.Model):
     )
     # Envelope-encrypted (catalog/crypto.py); never rendered back to anyone.
     secret_ciphertext = models.TextField(blank=True, default="", editable=False)
-    timeout_seconds = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
+    timeout_seconds = models.FloatField(
+        default=120.0, validators=[MinValueValidator(0.1), MaxValueValidator(MAX_SECONDS)]
+    )
+    options = models.JSONField(
+        "vendor options",
+        default=dict,
+        blank=True,
+        validators=[validate_options],
+        help_text="api_version for Azure OpenAI; region for AWS Bedrock.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -51,6 +147,76 @@ class Upstream(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.secret_ciphertext)
+
+    def clean(self) -> None:
+        try:
+            validate_options(self.options)
+        except ValidationError:
+            return  # the field's own validator reports it
+        errors = self.option_errors()
+        if errors:
+            raise ValidationError({"options": errors})
+
+    def option_errors(self) -> list[str]:
+        """What is wrong with the vendor options for this vendor and base URL."""
+        options = self.options
+        vendor = dict(self.Vendor.choices).get(self.vendor, self.vendor)
+        allowed = VENDOR_OPTIONS.get(self.vendor, frozenset())
+        errors = [
+            f"{vendor} takes no {key} option; remove it."
+            if not allowed
+            else f"{vendor} takes only the {', '.join(sorted(allowed))} option, not {key}."
+            for key in sorted(set(options) - allowed)
+        ]
+        version = options.get("api_version")
+        if "api_version" in allowed and version and not _API_VERSION.match(version):
+            errors.append(
+                "The api_version is a date like 2024-10-21 (or 2025-04-01-preview). Leave it "
+                "empty to use Azure's v1 API."
+            )
+        if self.vendor == self.Vendor.BEDROCK:
+            region, in_host = options.get("region"), bedrock_region_of(self.base_url)
+            if region and not _AWS_REGION.match(region):
+                errors.append(f"{region!r} is not an AWS region name like us-east-1.")
+            elif region and in_host and region != in_host:
+                errors.append(
+                    f"The base URL is in {in_host} but the region says {region}; make them "
+                    "agree or leave the region empty."
+                )
+            elif not region and not in_host:
+                errors.append(
+                    "AWS Bedrock needs a region, e.g. us-east-1: set it here, or use a base "
+                    "URL that names it (https://bedrock-runtime.us-east-1.amazonaws.com)."
+                )
+        return errors
+
+
+class UpstreamCredential(models.Model):
+    """A further credential of an upstream's pool. The secret is write-only.
+
+    The gateway uses the upstream's own secret first, then these (enabled ones, oldest
+    first), and rests a credential the vendor rate-limits or refuses.
+    """
+
+    upstream = models.ForeignKey(
+        Upstream, on_delete=models.CASCADE, related_name="pool_credentials"
+    )
+    label = models.CharField(max_length=120, help_text="Which key this is, e.g. 'team B'.")
+    # Envelope-encrypted (catalog/crypto.py); never rendered back to anyone.
+    secret_ciphertext = models.TextField(blank=True, default="", editable=False)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["upstream", "pk"]
+        verbose_name = "pool credential"
+
+    def __str__(self) -> str:
+        return self.label
 
     @property
     def has_secret(self) -> bool:
@@ -132,8 +298,28 @@ class Product(models.Model):
         return self.name
 
 
+def validate_name_list(value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValidationError("Fallbacks must be a list of model names.")
+
+
 class ModelRoute(models.Model):
-    """A public model name served by a product, and where the gateway sends it."""
+    """A public model name served by a product, and where the gateway sends it.
+
+    The first target is ``upstream``/``upstream_model`` with ``weight``; ``extra_targets``
+    (:class:`RouteTarget`) add more, which share the load by ``strategy``. When every
+    target has failed, or a vendor said the prompt is too long for the model, the gateway
+    tries the ``fallbacks`` in order.
+    """
+
+    class Strategy(models.TextChoices):
+        WEIGHTED = "weighted", "Weighted random"
+        LEAST_BUSY = "least_busy", "Fewest calls in flight"
+        LOWEST_LATENCY = "lowest_latency", "Lowest latency"
+
+    class Kind(models.TextChoices):
+        CHAT = "chat", "Chat"
+        EMBEDDINGS = "embeddings", "Embeddings"
 
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="model_routes")
     name = models.CharField(
@@ -141,14 +327,143 @@ class ModelRoute(models.Model):
         unique=True,
         help_text="The name apps send as `model`; unique across products.",
     )
+    kind = models.CharField(
+        max_length=16,
+        choices=Kind.choices,
+        default=Kind.CHAT,
+        help_text="Which API serves it: chat (and messages) or embeddings.",
+    )
     upstream = models.ForeignKey(Upstream, on_delete=models.PROTECT, related_name="routes")
     upstream_model = models.CharField(max_length=200, help_text="The model's name upstream.")
+    weight = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MaxValueValidator(MAX_WEIGHT)],
+        help_text="Share of the traffic against the other targets (0: only when they fail).",
+    )
+    strategy = models.CharField(
+        max_length=16,
+        choices=Strategy.choices,
+        default=Strategy.WEIGHTED,
+        help_text="How a call picks among the targets.",
+    )
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_name_list],
+        help_text="Models of this product tried in order when every target has failed, or "
+        "at once when the vendor says the prompt is too long for this model.",
+    )
+    context_window = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Tokens; listed by the gateway's /v1/models and on the product page.",
+    )
+    first_token_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.1), MaxValueValidator(MAX_SECONDS)],
+        help_text="How long a stream may wait for its first token before the next target.",
+    )
+    # Shown on the product page only; the gateway never reads them.
+    max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    input_price_per_mtok = models.DecimalField(
+        "input price",
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="USD per million tokens.",
+    )
+    output_price_per_mtok = models.DecimalField(
+        "output price",
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="USD per million tokens.",
+    )
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(weight__lte=MAX_WEIGHT), name="model_route_weight_max"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(context_window__gt=0) | models.Q(context_window__isnull=True),
+                name="model_route_context_window_positive",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(first_token_seconds__gt=0)
+                | models.Q(first_token_seconds__isnull=True),
+                name="model_route_first_token_positive",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if isinstance(self.fallbacks, list) and self.product_id is not None:
+            errors = self.fallback_errors()
+            if errors:
+                raise ValidationError({"fallbacks": errors})
+
+    def fallback_errors(self) -> list[str]:
+        """Fallbacks must be other models of the same product and kind, each named once."""
+        names: list[str] = self.fallbacks
+        siblings = dict(
+            ModelRoute.objects.filter(product_id=self.product_id, name__in=names)
+            .exclude(pk=self.pk)
+            .values_list("name", "kind")
+        )
+        errors: list[str] = []
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                errors.append(f"{name!r} is listed twice.")
+            elif name == self.name:
+                errors.append("A model cannot fall back to itself.")
+            elif name not in siblings:
+                errors.append(f"{name!r} is not another model of this product.")
+            elif siblings[name] != self.kind:
+                own = self.get_kind_display().lower()
+                errors.append(
+                    f"{name!r} serves {siblings[name]}; a {own} model falls back only to "
+                    f"{own} models."
+                )
+            seen.add(name)
+        return errors
+
+
+class RouteTarget(models.Model):
+    """A further target of a model route: another upstream, or another model there."""
+
+    route = models.ForeignKey(ModelRoute, on_delete=models.CASCADE, related_name="extra_targets")
+    upstream = models.ForeignKey(Upstream, on_delete=models.PROTECT, related_name="route_targets")
+    upstream_model = models.CharField(max_length=200, help_text="The model's name upstream.")
+    weight = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(MAX_WEIGHT)])
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order among the targets.")
+
+    class Meta:
+        ordering = ["route", "position", "pk"]
+        verbose_name = "further target"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["route", "upstream", "upstream_model"], name="route_target_unique"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(weight__lte=MAX_WEIGHT), name="route_target_weight_max"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.upstream_model
 
 
 class Plan(models.Model):
@@ -159,6 +474,9 @@ class Plan(models.Model):
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_day = models.PositiveIntegerField(null=True, blank=True)
+    token_quota = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens over the subscription's whole life."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -178,6 +496,10 @@ class Plan(models.Model):
             models.CheckConstraint(
                 condition=models.Q(tokens_per_day__gt=0) | models.Q(tokens_per_day__isnull=True),
                 name="plan_tpd_positive",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(token_quota__gt=0) | models.Q(token_quota__isnull=True),
+                name="plan_token_quota_positive",
             ),
         ]
 

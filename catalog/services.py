@@ -8,12 +8,23 @@ write that changes a part of a product's search document refreshes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 
 from django.db import transaction
 
 from catalog.crypto import encrypt_secret
-from catalog.models import Category, ModelRoute, Plan, Product, Upstream
+from catalog.models import (
+    Category,
+    ModelRoute,
+    Plan,
+    Product,
+    RouteTarget,
+    Upstream,
+    UpstreamCredential,
+    validate_vendor_secret,
+)
 from gatewaysync.services import gateway_changed
 from portal import audit
 from portal.models import Portal
@@ -27,11 +38,17 @@ def upstream_create(
     vendor: str = Upstream.Vendor.OPENAI,
     secret: str | None = None,
     timeout_seconds: float = 120.0,
+    options: Mapping[str, str] | None = None,
 ) -> Upstream:
     upstream = Upstream(
-        name=name, vendor=vendor, base_url=base_url, timeout_seconds=timeout_seconds
+        name=name,
+        vendor=vendor,
+        base_url=base_url,
+        timeout_seconds=timeout_seconds,
+        options=dict(options or {}),
     )
     if secret:
+        validate_vendor_secret(vendor, secret)
         upstream.secret_ciphertext = encrypt_secret(secret)
     upstream.full_clean()
     upstream.save()
@@ -42,11 +59,68 @@ def upstream_create(
 @transaction.atomic
 def upstream_set_secret(*, upstream: Upstream, secret: str | None) -> Upstream:
     """Replace (or, with ``None``, clear) an upstream's secret. It is never read back."""
+    if secret:
+        validate_vendor_secret(upstream.vendor, secret)
     upstream.secret_ciphertext = encrypt_secret(secret) if secret else ""
     upstream.save(update_fields=["secret_ciphertext", "updated_at"])
     audit.record("upstream.secret_set" if secret else "upstream.secret_clear", upstream)
     gateway_changed()
     return upstream
+
+
+def _record_pool_change(action: str, credential: UpstreamCredential, pk: int | None = None) -> None:
+    """Audit a change to an upstream's pool (on the upstream: it outlives its credentials)."""
+    audit.record(
+        f"upstream.pool_{action}",
+        credential.upstream,
+        credential=pk or credential.pk,
+        label=credential.label,
+    )
+    gateway_changed()
+
+
+@transaction.atomic
+def upstream_credential_add(
+    *, upstream: Upstream, label: str, secret: str, enabled: bool = True
+) -> UpstreamCredential:
+    """Add a credential to ``upstream``'s pool. Its secret is never read back."""
+    validate_vendor_secret(upstream.vendor, secret)
+    credential = UpstreamCredential(
+        upstream=upstream, label=label, enabled=enabled, secret_ciphertext=encrypt_secret(secret)
+    )
+    credential.full_clean()
+    credential.save()
+    _record_pool_change("add", credential)
+    return credential
+
+
+@transaction.atomic
+def upstream_credential_set_secret(
+    *, credential: UpstreamCredential, secret: str
+) -> UpstreamCredential:
+    """Replace a pool credential's secret (a pool credential always has one)."""
+    validate_vendor_secret(credential.upstream.vendor, secret)
+    credential.secret_ciphertext = encrypt_secret(secret)
+    credential.save(update_fields=["secret_ciphertext"])
+    _record_pool_change("secret_set", credential)
+    return credential
+
+
+@transaction.atomic
+def upstream_credential_set_enabled(
+    *, credential: UpstreamCredential, enabled: bool
+) -> UpstreamCredential:
+    credential.enabled = enabled
+    credential.save(update_fields=["enabled"])
+    _record_pool_change("enable" if enabled else "disable", credential)
+    return credential
+
+
+@transaction.atomic
+def upstream_credential_remove(*, credential: UpstreamCredential) -> None:
+    pk = credential.pk
+    credential.delete()
+    _record_pool_change("remove", credential, pk)
 
 
 @transaction.atomic
@@ -109,16 +183,110 @@ def product_retire(*, product: Product) -> Product:
     return product
 
 
+@dataclass(frozen=True)
+class TargetSpec:
+    """A further target of a route, as :func:`model_route_create` takes it."""
+
+    upstream: Upstream
+    upstream_model: str
+    weight: int = 1
+
+
 @transaction.atomic
 def model_route_create(
-    *, product: Product, name: str, upstream: Upstream, upstream_model: str
+    *,
+    product: Product,
+    name: str,
+    upstream: Upstream,
+    upstream_model: str,
+    kind: str = ModelRoute.Kind.CHAT,
+    weight: int = 1,
+    targets: Sequence[TargetSpec] = (),
+    strategy: str = ModelRoute.Strategy.WEIGHTED,
+    fallbacks: Sequence[str] = (),
+    context_window: int | None = None,
+    first_token_seconds: float | None = None,
+    max_output_tokens: int | None = None,
+    input_price_per_mtok: Decimal | None = None,
+    output_price_per_mtok: Decimal | None = None,
 ) -> ModelRoute:
-    route = ModelRoute(product=product, name=name, upstream=upstream, upstream_model=upstream_model)
+    """A public model name of ``product``: its first target, then ``targets``.
+
+    ``fallbacks`` must name models of the product that exist already (see
+    :meth:`ModelRoute.fallback_errors`).
+    """
+    route = ModelRoute(
+        product=product,
+        name=name,
+        kind=kind,
+        upstream=upstream,
+        upstream_model=upstream_model,
+        weight=weight,
+        strategy=strategy,
+        fallbacks=list(fallbacks),
+        context_window=context_window,
+        first_token_seconds=first_token_seconds,
+        max_output_tokens=max_output_tokens,
+        input_price_per_mtok=input_price_per_mtok,
+        output_price_per_mtok=output_price_per_mtok,
+    )
     route.full_clean()
     route.save()
+    for position, spec in enumerate(targets, start=1):
+        target = RouteTarget(
+            route=route,
+            upstream=spec.upstream,
+            upstream_model=spec.upstream_model,
+            weight=spec.weight,
+            position=position,
+        )
+        target.full_clean()
+        target.save()
     product_refresh_search_document(product=product)
     gateway_changed()
     return route
+
+
+@transaction.atomic
+def model_route_set_fallbacks(*, route: ModelRoute, fallbacks: Sequence[str]) -> ModelRoute:
+    route.fallbacks = list(fallbacks)
+    route.full_clean()
+    route.save(update_fields=["fallbacks"])
+    gateway_changed()
+    return route
+
+
+@transaction.atomic
+def product_tidy_fallbacks(
+    *, product: Product, renamed: Mapping[str, str] | None = None
+) -> list[str]:
+    """Keep the product's fallbacks pointing at its models after renames and deletions.
+
+    ``renamed`` maps old names to new ones, which fallbacks follow; a fallback that
+    then names no model of the product of the same kind (deleted, moved to another
+    product, of another kind now) is dropped, since the gateway refuses a revision
+    that names one. Returns a sentence per drop, for the admin to show.
+    """
+    renamed = renamed or {}
+    routes = list(ModelRoute.objects.filter(product=product))
+    kinds = {route.name: route.kind for route in routes}
+    notes: list[str] = []
+    for route in routes:
+        kept: list[str] = []
+        for old in route.fallbacks:
+            name = renamed.get(old, old)
+            if name != route.name and kinds.get(name) == route.kind and name not in kept:
+                kept.append(name)
+            elif name not in kept:
+                notes.append(
+                    f"Removed the fallback {old} from {route.name}: no other {route.kind} "
+                    "model of this product has that name now."
+                )
+        if kept != route.fallbacks:
+            route.fallbacks = kept
+            route.save(update_fields=["fallbacks"])
+            gateway_changed()
+    return notes
 
 
 @transaction.atomic
@@ -129,6 +297,7 @@ def plan_create(
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
     tokens_per_day: int | None = None,
+    token_quota: int | None = None,
 ) -> Plan:
     plan = Plan(
         product=product,
@@ -136,6 +305,7 @@ def plan_create(
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
         tokens_per_day=tokens_per_day,
+        token_quota=token_quota,
     )
     plan.full_clean()
     plan.save()

@@ -18,7 +18,13 @@ Behaviour is chosen by the model name the gateway sends upstream, so a route's
 - ``chunks-<n>``: stream ``n`` content chunks (default: one per word of the reply);
 - ``stream-delay-<ms>``: wait between streamed chunks;
 - ``echo-key``: error messages quote the ``Authorization`` header received, as some
-  vendors' do.
+  vendors' do;
+- ``context``: answer 400 ``context_length_exceeded``, as OpenAI does for a long prompt;
+- ``break-<n>``: stream ``n`` content chunks, then drop the connection unfinished.
+
+Tool calls follow the script all fake vendors share (``devstack.fakes.script``): offered
+tools and a user's turn last, and the first tool is called with ``{"query": <text>}``;
+a tool's result last, and the reply is ``"Tool said: <result>"``.
 
 ``--require-key KEY`` answers 401 on the POST endpoints unless ``Authorization: Bearer
 KEY`` is sent (``GET /v1/models`` and ``/healthz`` stay open for readiness checks), and
@@ -48,6 +54,9 @@ from typing import Any
 import orjson
 import uvicorn
 
+from devstack.fakes import script
+from devstack.fakes._asgi import read_body
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -58,7 +67,7 @@ _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-_KNOB = re.compile(r"(stream-delay|delay|error|chunks)-(\d+)")
+_KNOB = re.compile(r"(stream-delay|delay|error|chunks|break)-(\d+)")
 _DONE = b"data: [DONE]\n\n"
 _MODELS = orjson.dumps(
     {
@@ -80,6 +89,8 @@ class Knobs:
     chunks: int | None = None
     stream_delay: float = 0.0
     echo_key: bool = False
+    break_after: int | None = None
+    context: bool = False
 
 
 @functools.lru_cache(maxsize=1024)
@@ -92,6 +103,8 @@ def knobs_for(model: str) -> Knobs:
         chunks=values.get("chunks"),
         stream_delay=values.get("stream-delay", 0) / 1000.0,
         echo_key="echo-key" in model,
+        break_after=values.get("break"),
+        context="context" in model,
     )
 
 
@@ -131,6 +144,31 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _model_of(raw: bytes) -> str | None:
+    try:
+        request = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+    model = request.get("model") if isinstance(request, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _first_tool(tools: object) -> str | None:
+    if isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        function = tools[0].get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return function["name"]
+    return None
+
+
+def _tool_call(call: script.ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": orjson.dumps(call.arguments).decode()},
+    }
+
+
 class MockLLM:
     """The ASGI app."""
 
@@ -151,6 +189,7 @@ class MockLLM:
             # Open even with --require-key: process runners use it as a readiness check.
             await self._send(send, 200, _MODELS, _JSON_HEADERS)
             return
+        raw = await read_body(receive) if method == "POST" else b""
         if self._record is not None:
             self._write_record(
                 {
@@ -159,6 +198,7 @@ class MockLLM:
                     "headers": {
                         k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                     },
+                    "model": _model_of(raw),
                 }
             )
         if self._expected_auth is not None and self._authorization(scope) != self._expected_auth:
@@ -173,9 +213,9 @@ class MockLLM:
             await self._send(send, 401, orjson.dumps(body), _JSON_HEADERS)
             return
         if method == "POST" and path == "/v1/chat/completions":
-            await self._chat(await _read_body(receive), self._authorization(scope), receive, send)
+            await self._chat(raw, self._authorization(scope), receive, send)
         elif method == "POST" and path == "/v1/embeddings":
-            await self._embeddings(await _read_body(receive), send)
+            await self._embeddings(raw, send)
         else:
             body = {
                 "error": {
@@ -220,26 +260,44 @@ class MockLLM:
             status_body, headers = _error(knobs.error, echoed)
             await self._send(send, knobs.error, status_body, headers)
             return
-        last_user = next(
-            (
-                _text_of(m.get("content"))
-                for m in reversed(messages)
-                if isinstance(m, dict) and m.get("role") == "user"
+        if knobs.context:
+            body = {
+                "error": {
+                    "message": "This model's maximum context length is 128 tokens. However, "
+                    "your messages resulted in 4096 tokens.",
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            }
+            await self._send(send, 400, orjson.dumps(body), _JSON_HEADERS)
+            return
+        ident = f"chatcmpl-mock{next(self._ids)}"
+        said = script.answer(
+            model=model,
+            texts=[_text_of(m.get("content")) for m in messages if isinstance(m, dict)],
+            last_user_text=next(
+                (
+                    _text_of(m.get("content"))
+                    for m in reversed(messages)
+                    if isinstance(m, dict) and m.get("role") == "user"
+                ),
+                "",
             ),
-            "",
-        )
-        words = f"You said: {last_user}".split()
-        count = knobs.chunks if knobs.chunks is not None else len(words)
-        pieces = [words[i % len(words)] + (" " if i < count - 1 else "") for i in range(count)]
-        prompt_tokens = max(
-            1, sum(_words(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
+            last_is_tool_result=bool(messages)
+            and isinstance(messages[-1], dict)
+            and messages[-1].get("role") == "tool",
+            tool_result_text=_text_of(messages[-1].get("content"))
+            if messages and isinstance(messages[-1], dict)
+            else "",
+            first_tool=_first_tool(request.get("tools")),
+            call_id=f"call_{ident}",
         )
         usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": count,
-            "total_tokens": prompt_tokens + count,
+            "prompt_tokens": said.prompt_tokens,
+            "completion_tokens": said.completion_tokens,
+            "total_tokens": said.prompt_tokens + said.completion_tokens,
         }
-        ident = f"chatcmpl-mock{next(self._ids)}"
         created = int(time.time())
         if request.get("stream") is True:
             options = request.get("stream_options")
@@ -250,11 +308,15 @@ class MockLLM:
                 ident,
                 created,
                 model,
-                pieces,
+                said,
                 usage if include_usage else None,
                 knobs,
             )
             return
+        message: dict[str, object] = {"role": "assistant", "content": said.text, "refusal": None}
+        if said.tool_call is not None:
+            message["content"] = None
+            message["tool_calls"] = [_tool_call(said.tool_call)]
         answer = {
             "id": ident,
             "object": "chat.completion",
@@ -263,9 +325,9 @@ class MockLLM:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": "stop" if said.tool_call is None else "tool_calls",
                 }
             ],
             "usage": usage,
@@ -280,13 +342,13 @@ class MockLLM:
         ident: str,
         created: int,
         model: str,
-        pieces: list[str],
+        said: script.Answer,
         usage: dict[str, int] | None,
         knobs: Knobs,
     ) -> None:
         include_usage = usage is not None
 
-        def chunk(delta: dict[str, str], finish_reason: str | None) -> bytes:
+        def chunk(delta: dict[str, object], finish_reason: str | None) -> bytes:
             event: dict[str, object] = {
                 "id": ident,
                 "object": "chat.completion.chunk",
@@ -303,8 +365,20 @@ class MockLLM:
             return b"data: " + orjson.dumps(event) + b"\n\n"
 
         events = [chunk({"role": "assistant", "content": ""}, None)]
-        events.extend(chunk({"content": piece}, None) for piece in pieces)
-        events.append(chunk({}, "stop"))
+        if said.tool_call is not None:
+            call = _tool_call(said.tool_call)
+            arguments = call["function"]["arguments"]
+            call["function"] = {"name": said.tool_call.name, "arguments": ""}
+            events.append(chunk({"tool_calls": [{"index": 0, **call}]}, None))
+            half = len(arguments) // 2
+            for part in (arguments[:half], arguments[half:]):
+                events.append(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, None)
+                )
+            events.append(chunk({}, "tool_calls"))
+        else:
+            events.extend(chunk({"content": piece}, None) for piece in said.pieces)
+            events.append(chunk({}, "stop"))
         if usage is not None:
             final = {
                 "id": ident,
@@ -318,6 +392,18 @@ class MockLLM:
             events.append(b"data: " + orjson.dumps(final) + b"\n\n")
         events.append(_DONE)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        if knobs.break_after is not None:
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"".join(events[: knobs.break_after + 1]),
+                    "more_body": True,
+                }
+            )
+            await asyncio.sleep(0.05)
+            # An exception after the response started makes the server drop the
+            # connection without finishing the body, as a crashed vendor would.
+            raise ConnectionAbortedError("mock: stream broken on purpose")
         if not knobs.stream_delay:
             await send({"type": "http.response.body", "body": b"".join(events)})
             return
@@ -384,15 +470,6 @@ class MockLLM:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _wait_for_disconnect(receive: Receive, gone: asyncio.Event) -> None:

@@ -14,6 +14,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from gateway.config import ConfigError, GatewaySettings
+from gateway.realtime import MAX_MESSAGE_BYTES
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -41,7 +42,11 @@ def main() -> None:
         workers=settings.workers,
         loop="uvloop",
         http="httptools",
-        ws="none",
+        # The Realtime API's WebSocket; no compression (base64 audio gains little for
+        # the CPU it would cost).
+        ws="websockets-sansio",
+        ws_max_size=MAX_MESSAGE_BYTES,
+        ws_per_message_deflate=False,
         lifespan="on",
         interface="asgi3",
         access_log=False,

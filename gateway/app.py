@@ -19,21 +19,32 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, overload
 
 import aiohttp
 import orjson
 
-from gateway import __version__
+from gateway import __version__, anthropic, openai_responses, realtime
 from gateway.admin import AdminListener
 from gateway.config import GatewaySettings
 from gateway.control import Heartbeater, control_plane_client
 from gateway.keys import hash_key
-from gateway.proxy import PreparedCalls, Tokens, chat_completions
+from gateway.limits import Decision, Limits, create_limiter
+from gateway.proxy import (
+    OPENAI_CLIENT,
+    ClientProtocol,
+    Outcome,
+    Upstreams,
+    serve_chat,
+    serve_embeddings,
+)
 from gateway.responses import ApiError, send_body, send_error
-from gateway.revision import AppliedRevision, ModelTarget
-from gateway.schema import Consumer, UsageEvent
+from gateway.revision import AppliedRevision
+from gateway.routing import Route, Router, RouteTarget
+from gateway.schema import Consumer, Plan, Subscription, UsageEvent
 from gateway.store import RevisionStore
-from gateway.types import Receive, Scope, Send
+from gateway.types import Headers, Receive, Scope, Send
 from gateway.usage import HttpSink, RedisSink, UsageReporter
 
 log = logging.getLogger("gateway.app")
@@ -43,6 +54,8 @@ _CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 # per-host cap (most traffic goes to a handful of vendors).
 _UPSTREAM_CONNECTIONS = 4096
 _MAX_RECORDED_MODEL = 200
+# Vendors whose Realtime API the gateway relays.
+_REALTIME_VENDORS = ("openai", "azure_openai")
 
 
 class _ClientGone(Exception):
@@ -56,13 +69,14 @@ class Call:
         "consumer",
         "credential",
         "model",
+        "outcome",
         "product",
+        "protocol",
         "request_id",
         "route",
         "started",
         "status",
         "stream",
-        "tokens",
         "ts",
     )
 
@@ -77,7 +91,8 @@ class Call:
         self.product: int | None = None
         self.model: str | None = None
         self.stream = False
-        self.tokens = Tokens()
+        self.outcome = Outcome()
+        self.protocol = "openai"  # the error format: "openai" or "anthropic"
 
 
 class Gateway:
@@ -104,7 +119,10 @@ class Gateway:
         )
         self.heartbeater: Heartbeater | None = None
         self.session: aiohttp.ClientSession | None = None
-        self.prepared = PreparedCalls()
+        self.upstreams: Upstreams | None = None
+        self.router = Router()
+        self.limiter = create_limiter(settings.redis_url, timeout=settings.redis_timeout_seconds)
+        self._limits: dict[tuple[int | None, ...], Limits] = {}
         self._max_body = settings.max_body_bytes
         self._instance_id = settings.instance_id
 
@@ -112,6 +130,8 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -146,6 +166,7 @@ class Gateway:
             # Upstream URLs come from revisions only; no proxy or netrc from the environment.
             trust_env=False,
         )
+        self.upstreams = Upstreams(self.session, self.router)
         bound = await self.admin.start()
         self.heartbeater = Heartbeater(
             client=self.http,
@@ -173,6 +194,7 @@ class Gateway:
         await self.usage.stop()
         if self.session is not None:
             await self.session.close()
+        await self.limiter.close()
         await self.http.aclose()
         if self.redis_sink is not None:
             await self.redis_sink.close()
@@ -219,9 +241,15 @@ class Gateway:
         call = Call(_request_id(client_id))
         method = scope["method"]
         try:
-            if path == "/v1/chat/completions" and method == "POST":
-                call.route = "chat.completions"
-                await self._chat(call, key or alt_key, declared, receive, send)
+            model_api = _MODEL_APIS.get(path) if method == "POST" else None
+            if model_api is not None:
+                call.route, call.protocol, parse = model_api
+                if call.protocol == "anthropic":  # Anthropic's SDKs send x-api-key
+                    key, alt_key = alt_key, key
+                await self._model_call(call, scope, key or alt_key, declared, receive, send, parse)
+            elif path == "/v1/embeddings" and method == "POST":
+                call.route = "embeddings"
+                await self._embeddings(call, scope, key or alt_key, declared, receive, send)
             elif path == "/v1/models" and method == "GET":
                 call.route = "models"
                 await self._models(call, key or alt_key, send)
@@ -232,7 +260,11 @@ class Gateway:
                 raise _unknown_url(method, path)
         except ApiError as err:
             call.status = err.status
-            await send_error(send, err, call.request_id)
+            if call.protocol == "anthropic":
+                body = anthropic.error_body(err.status, err.message, call.request_id)
+                await send_body(send, err.status, body, call.request_id.encode(), extra=err.headers)
+            else:
+                await send_error(send, err, call.request_id)
         except _ClientGone:
             call.status = 499  # nginx's "client closed request"; nothing left to answer
         except Exception:
@@ -264,8 +296,8 @@ class Gateway:
                 credential=call.credential,
                 product=call.product,
                 model=call.model,
-                prompt_tokens=call.tokens.prompt,
-                completion_tokens=call.tokens.completion,
+                prompt_tokens=call.outcome.tokens.prompt,
+                completion_tokens=call.outcome.tokens.completion,
                 stream=call.stream,
             )
         )
@@ -304,9 +336,110 @@ class Gateway:
             code="invalid_api_key",
         )
 
-    async def _chat(
+    async def _model_call(
         self,
         call: Call,
+        scope: Scope,
+        key: bytes | None,
+        declared: bytes | None,
+        receive: Receive,
+        send: Send,
+        parse: Parser,
+    ) -> None:
+        """A chat call in any of the APIs: parse it into the OpenAI shape, route it, and
+        serve it under the plan's limits (reserve the estimate, settle the real count)."""
+        revision, consumer = self._authenticate(call, key)
+        body = await self._read_body(receive, declared)
+        parsed = parse(body)
+        request = parsed.request
+        route, subscription = self._route(call, revision, consumer, request["model"], "chat")
+        call.stream = request.get("stream") is True
+        decision = await self._acquire(subscription, _estimate(request, parsed.raw))
+        upstreams = self._upstreams()
+        outcome = call.outcome
+        try:
+            await serve_chat(
+                upstreams,
+                revision.models,
+                route,
+                request=request,
+                body=parsed.raw,
+                client=parsed.client,
+                stream=call.stream,
+                include_usage=parsed.include_usage,
+                pin=_header(scope, b"x-portico-upstream"),
+                outcome=outcome,
+                request_id=call.request_id,
+                extra_headers=self._headers_for(call, decision),
+                send=send,
+                receive=receive,
+            )
+            call.status = outcome.status
+        finally:
+            await self._settle(decision, outcome)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Realtime API (``/v1/realtime?model=...``), relayed to an OpenAI-wire target."""
+        call = Call(_request_id(_header(scope, b"x-request-id", raw=True)))
+        call.route, call.stream = "realtime", True
+        decision: Decision | None = None
+        try:
+            if scope["path"] != "/v1/realtime":
+                raise _unknown_url("GET", scope["path"])
+            revision, consumer = self._authenticate(call, realtime.client_key(scope))
+            model = realtime.requested_model(scope)
+            if not model:
+                raise _param_error("model", "a model name in the query string (?model=...)")
+            route, subscription = self._route(call, revision, consumer, model, "chat")
+            planned = next(
+                self.router.plan(route, revision.models, pin=_header(scope, b"x-portico-upstream")),
+                None,
+            )
+            if planned is None or planned.target.upstream.vendor not in _REALTIME_VENDORS:
+                raise ApiError(
+                    400,
+                    f"The model {model!r} is not served over the Realtime API.",
+                    code="model_not_supported",
+                    param="model",
+                )
+            decision = await self._acquire(subscription, 1)
+            upstreams = self._upstreams()
+            prepared = upstreams.prepared.get(revision.models, planned, "realtime")
+            call.status = await realtime.relay(
+                scope,
+                receive,
+                send,
+                session=upstreams.session,
+                url=realtime.upstream_url(prepared.url, planned.target.model),
+                headers=dict(prepared.headers),
+                upstream_model=planned.target.model,
+                public_model=model,
+                tokens=call.outcome.tokens,
+                request_id=call.request_id,
+                response_headers=self._headers_for(call, decision)(planned.target),
+                connect_seconds=planned.target.upstream.timeout_seconds,
+            )
+            call.outcome.target = planned.target.label
+        except ApiError as err:
+            call.status = err.status
+            await realtime.refuse(
+                scope,
+                send,
+                err.status,
+                err.message,
+                call.request_id,
+                code=err.code,
+                error_type=err.type,
+                headers=err.headers,
+            )
+        finally:
+            await self._settle(decision, call.outcome)
+            self._record(call)
+
+    async def _embeddings(
+        self,
+        call: Call,
+        scope: Scope,
         key: bytes | None,
         declared: bytes | None,
         receive: Receive,
@@ -314,24 +447,43 @@ class Gateway:
     ) -> None:
         revision, consumer = self._authenticate(call, key)
         body = await self._read_body(receive, declared)
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise ApiError(
-                400,
-                "The request body is not valid JSON.",
-                code="invalid_json",
-            ) from None
-        if not isinstance(request, dict):
-            raise ApiError(400, "The request body must be a JSON object.", code="invalid_body")
+        request = _json_object(body)
         model = request.get("model")
         if not isinstance(model, str) or not model:
             raise _param_error("model", "a model name (string)")
-        if not isinstance(request.get("messages"), list):
-            raise _param_error("messages", "a list of messages")
+        given = request.get("input")
+        if not (isinstance(given, str) or (isinstance(given, list) and given)):
+            raise _param_error("input", "a string or a non-empty list")
+        route, subscription = self._route(call, revision, consumer, model, "embeddings")
+        decision = await self._acquire(subscription, len(body) // 4 + 1)
+        try:
+            await serve_embeddings(
+                self._upstreams(),
+                revision.models,
+                route,
+                request=request,
+                body=body,
+                pin=_header(scope, b"x-portico-upstream"),
+                outcome=call.outcome,
+                extra_headers=self._headers_for(call, decision),
+                send=send,
+            )
+            call.status = call.outcome.status
+        finally:
+            await self._settle(decision, call.outcome)
+
+    def _route(
+        self,
+        call: Call,
+        revision: AppliedRevision,
+        consumer: Consumer,
+        model: str,
+        kind: str,
+    ) -> tuple[Route, Subscription]:
+        """The route of ``model`` and the consumer's subscription that allows it."""
         call.model = model[:_MAX_RECORDED_MODEL]
-        target = revision.models.get(model)
-        if target is None:
+        route = revision.models.get(model)
+        if route is None:
             raise ApiError(
                 404,
                 f"The model {model[:_MAX_RECORDED_MODEL]!r} does not exist or is not "
@@ -339,49 +491,98 @@ class Gateway:
                 code="model_not_found",
                 param="model",
             )
-        call.product = target.product.id
-        if target.product.slug not in consumer.subscriptions:
+        call.product = route.product.id
+        subscription = consumer.subscriptions.get(route.product.slug)
+        if subscription is None:
             raise ApiError(
                 403,
-                f"Your key's app is not subscribed to the product {target.product.slug!r}, "
+                f"Your key's app is not subscribed to the product {route.product.slug!r}, "
                 f"which serves the model {model!r}. Subscribe to it in the developer portal.",
                 type="permission_error",
                 code="permission_denied",
                 param="model",
             )
-        stream = request.get("stream")
-        if stream is not None and not isinstance(stream, bool):
-            raise _param_error("stream", "a boolean")
-        call.stream = stream is True
-        changed = False
-        strip_usage = False
-        if call.stream:
-            options = request.get("stream_options")
-            if options is not None and not isinstance(options, dict):
-                raise _param_error("stream_options", "an object")
-            if not (options and options.get("include_usage") is True):
-                # Usage is how consumers are metered, so it is asked for on their behalf
-                # and the extra chunk is kept from a client that did not ask for it.
-                request["stream_options"] = {**(options or {}), "include_usage": True}
-                strip_usage = changed = True
-        if target.route.upstream_model != model:
-            request["model"] = target.route.upstream_model
-            changed = True
-        session = self.session
-        if session is None:  # only between the lifespan's steps
-            raise ApiError(503, "The gateway is starting.", type="server_error")
-        call.status = await chat_completions(
-            session,
-            target,
-            self.prepared.chat(revision.models, target),
-            orjson.dumps(request) if changed else body,
-            stream=call.stream,
-            strip_usage=strip_usage,
-            tokens=call.tokens,
-            request_id=call.request_id.encode(),
-            send=send,
-            receive=receive,
+        if route.spec.kind != kind:
+            endpoint = (
+                "/v1/embeddings" if route.spec.kind == "embeddings" else "/v1/chat/completions"
+            )
+            raise ApiError(
+                400,
+                f"The model {model!r} is a {route.spec.kind} model; call it at {endpoint}.",
+                code="model_not_supported",
+                param="model",
+            )
+        return route, subscription
+
+    async def _acquire(self, subscription: Subscription, estimate: int) -> Decision | None:
+        """Count the call against the subscription's plan; raises 429 when over a limit."""
+        limits = self._limits_of(subscription.plan)
+        if limits is None:
+            return None
+        decision = await self.limiter.acquire(str(subscription.id), limits, estimate)
+        if not decision.allowed:
+            name = (decision.limit_name or "rate_limit").replace("_", " ")
+            wait = (
+                f" Retry after {max(1, int((decision.retry_after or 0) + 0.999))} second(s)."
+                if decision.retry_after is not None
+                else " The quota does not renew; ask the portal's administrators for more."
+            )
+            quota = decision.limit_name == "token_quota"
+            raise ApiError(
+                429,
+                f"{'Quota' if quota else 'Rate limit'} reached: your subscription's plan "
+                f"allows no more ({name}).{wait}",
+                type="insufficient_quota"
+                if quota
+                else "requests"
+                if "request" in name
+                else "tokens",
+                code="insufficient_quota" if quota else "rate_limit_exceeded",
+                headers=decision.headers,
+            )
+        return decision
+
+    async def _settle(self, decision: Decision | None, outcome: Outcome) -> None:
+        """Replace a call's reservation by what it used (nothing, if it failed)."""
+        if decision is not None and decision.ticket is not None:
+            # Shielded: a client that leaves must not cancel the settling.
+            await asyncio.shield(self.limiter.settle(decision.ticket, outcome.tokens.total or 0))
+
+    def _limits_of(self, plan: Plan) -> Limits | None:
+        shape = (
+            plan.requests_per_minute,
+            plan.tokens_per_minute,
+            plan.tokens_per_day,
+            plan.token_quota,
         )
+        limits = self._limits.get(shape)
+        if limits is None:
+            if len(self._limits) > 10_000:
+                self._limits.clear()
+            limits = self._limits[shape] = Limits(*shape)
+        return None if limits.unlimited else limits
+
+    def _headers_for(
+        self, call: Call, decision: Decision | None
+    ) -> Callable[[RouteTarget], Headers]:
+        def headers(target: RouteTarget) -> Headers:
+            outcome = call.outcome
+            overhead = outcome.attempt_started - call.started - outcome.upstream_seconds
+            extra: Headers = [
+                (b"x-request-id", call.request_id.encode()),
+                (b"x-portico-target", target.label.encode()),
+                (b"x-portico-overhead-ms", f"{max(overhead, 0.0) * 1000.0:.3f}".encode()),
+            ]
+            if decision is not None:
+                extra.extend(decision.headers)
+            return extra
+
+        return headers
+
+    def _upstreams(self) -> Upstreams:
+        if self.upstreams is None:  # only between the lifespan's steps
+            raise ApiError(503, "The gateway is starting.", type="server_error")
+        return self.upstreams
 
     async def _models(self, call: Call, key: bytes | None, send: Send) -> None:
         revision, consumer = self._authenticate(call, key)
@@ -446,8 +647,105 @@ class Gateway:
                 return b"".join(chunks)
 
 
-def _model_object(name: str, target: ModelTarget) -> dict[str, object]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": target.product.slug}
+class Parsed(NamedTuple):
+    """A model call's request in the OpenAI shape, and how to answer it."""
+
+    request: dict[str, Any]
+    raw: bytes | None  # the client's body, when it may pass through to OpenAI-wire targets
+    client: ClientProtocol
+    include_usage: bool
+
+
+Parser = Callable[[bytes], Parsed]
+
+
+def _parse_chat(body: bytes) -> Parsed:
+    request = _json_object(body)
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise _param_error("model", "a model name (string)")
+    if not isinstance(request.get("messages"), list):
+        raise _param_error("messages", "a list of messages")
+    stream = request.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _param_error("stream", "a boolean")
+    options = request.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _param_error("stream_options", "an object")
+    include_usage = bool(options and options.get("include_usage") is True)
+    return Parsed(request, body, OPENAI_CLIENT, include_usage)
+
+
+def _parse_messages(body: bytes) -> Parsed:
+    """Anthropic's Messages API, served by any routed model through conversion."""
+    try:
+        request = anthropic.messages_to_chat(_json_object(body))
+    except anthropic.MessagesError as exc:
+        raise ApiError(400, str(exc), code="invalid_request_error", param=exc.param) from None
+    return Parsed(request, None, anthropic.CLIENT, True)
+
+
+def _parse_responses(body: bytes) -> Parsed:
+    """OpenAI's Responses API, served by any routed model through conversion."""
+    original = _json_object(body)
+    try:
+        request = openai_responses.responses_to_chat(original)
+    except openai_responses.ResponsesError as exc:
+        raise ApiError(400, str(exc), code="invalid_request_error", param=exc.param) from None
+    return Parsed(request, None, openai_responses.ResponsesClient(original), True)
+
+
+# path -> (usage route name, error format, parser)
+_MODEL_APIS: dict[str, tuple[str, str, Parser]] = {
+    "/v1/chat/completions": ("chat.completions", "openai", _parse_chat),
+    "/v1/messages": ("messages", "anthropic", _parse_messages),
+    "/v1/responses": ("responses", "openai", _parse_responses),
+}
+
+
+def _model_object(name: str, route: Route) -> dict[str, object]:
+    model: dict[str, object] = {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": route.product.slug,
+    }
+    if route.spec.context_window is not None:
+        model["context_window"] = route.spec.context_window
+    return model
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(request, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_body")
+    return request
+
+
+@overload
+def _header(scope: Scope, name: bytes) -> str | None: ...
+
+
+@overload
+def _header(scope: Scope, name: bytes, *, raw: Literal[True]) -> bytes | None: ...
+
+
+def _header(scope: Scope, name: bytes, *, raw: bool = False) -> str | bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value) if raw else value.decode("latin-1")
+    return None
+
+
+def _estimate(request: dict[str, Any], body: bytes | None) -> int:
+    """Tokens to reserve before a call: about a token per 4 bytes of prompt, plus the
+    output the request allows (settled to the real count afterwards)."""
+    prompt = (len(body) if body is not None else len(orjson.dumps(request.get("messages")))) // 4
+    output = request.get("max_completion_tokens") or request.get("max_tokens")
+    return prompt + 1 + (output if type(output) is int and output > 0 else 0)
 
 
 def _request_id(client_id: bytes | None) -> str:
@@ -461,8 +759,9 @@ def _request_id(client_id: bytes | None) -> str:
 def _unknown_url(method: str, path: str) -> ApiError:
     return ApiError(
         404,
-        f"Invalid URL ({method} {path[:200]}). This gateway serves GET /v1/models and "
-        "POST /v1/chat/completions.",
+        f"Invalid URL ({method} {path[:200]}). This gateway serves GET /v1/models, "
+        "POST /v1/chat/completions, /v1/responses, /v1/embeddings and /v1/messages, and "
+        "the Realtime API at /v1/realtime.",
         code="unknown_url",
     )
 

@@ -43,7 +43,11 @@ Every variable, its default and what it does:
     workers, ``-<pid>`` is appended so every process keeps a distinct name.
 ``REDIS_URL`` (unset)
     When set, usage batches go to the Redis stream ``portico:usage`` instead of the
-    control plane's HTTP ingest endpoint.
+    control plane's HTTP ingest endpoint, and plan limits are counted in Redis, so they
+    hold across gateway processes.
+``PORTICO_GATEWAY_REDIS_TIMEOUT_SECONDS`` (``0.5``)
+    How long a rate-limit check waits for Redis before the call is decided by this
+    process's own counters instead (Redis is then left alone for two seconds).
 ``PORTICO_LOG_LEVEL`` (``INFO``)
     ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``.
 """
@@ -88,6 +92,7 @@ class GatewaySettings:
     instance_id: str = ""
     # A Redis URL may carry a password, so it stays out of reprs.
     redis_url: str | None = field(default=None, repr=False)
+    redis_timeout_seconds: float = 0.5
     log_level: str = "INFO"
 
     @classmethod
@@ -140,6 +145,7 @@ class GatewaySettings:
             drain_seconds=reader.integer("PORTICO_GATEWAY_DRAIN_SECONDS", 30, low=0, high=3600),
             instance_id=_instance_id(env.get("PORTICO_GATEWAY_INSTANCE_ID"), workers),
             redis_url=redis_url,
+            redis_timeout_seconds=reader.seconds("PORTICO_GATEWAY_REDIS_TIMEOUT_SECONDS", 0.5),
             log_level=log_level,
         )
 

@@ -35,6 +35,9 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.headers = headers
+        # An upstream's own error body to relay instead, to OpenAI clients only.
+        self.raw_body: bytes | None = None
+        self.raw_content_type = JSON
 
 
 def error_body(err: ApiError, request_id: str) -> bytes:
@@ -72,6 +75,11 @@ async def send_body(
 
 
 async def send_error(send: Send, err: ApiError, request_id: str) -> None:
+    if err.raw_body is not None:
+        await send_body(
+            send, err.status, err.raw_body, request_id.encode(), err.raw_content_type, err.headers
+        )
+        return
     await send_body(
         send, err.status, error_body(err, request_id), request_id.encode(), JSON, err.headers
     )

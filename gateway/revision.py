@@ -26,17 +26,15 @@ from typing import TypeVar
 
 import msgspec
 
+from gateway.routing import Route, RouteError, index_routes
 from gateway.schema import (
     SCHEMA_VERSION,
     Consumer,
     Credential,
     Delta,
-    ModelRoute,
-    Product,
     Revision,
-    Upstream,
 )
-from gateway.secrets import GatewayKeys, SecretError
+from gateway.secrets import GatewayKeys
 
 Buffer = bytes | bytearray
 _T = TypeVar("_T")
@@ -127,17 +125,6 @@ class CredentialIndex(Mapping[str, Credential]):
 
 
 @dataclass(frozen=True, slots=True)
-class ModelTarget:
-    """A public model name resolved to everything needed to call it."""
-
-    name: str
-    product: Product
-    route: ModelRoute
-    upstream: Upstream
-    upstream_secret: str | None = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
 class AppliedRevision:
     """A validated revision with the indexes the hot path uses.
 
@@ -149,7 +136,7 @@ class AppliedRevision:
     """
 
     doc: Revision
-    models: dict[str, ModelTarget] = field(default_factory=dict)
+    models: dict[str, Route] = field(default_factory=dict)
     credentials: CredentialIndex = field(default_factory=CredentialIndex)
     doc_credentials: bool = False
 
@@ -266,30 +253,11 @@ class _ConsumerIds(Container[int]):
         return str(consumer_id) in self._consumers
 
 
-def _index_models(doc: Revision, keys: GatewayKeys) -> dict[str, ModelTarget]:
-    secrets: dict[str, str | None] = {}
-    for upstream_id, upstream in doc.upstreams.items():
-        if upstream.secret is None:
-            secrets[upstream_id] = None
-            continue
-        try:
-            secrets[upstream_id] = keys.unseal(upstream.secret)
-        except SecretError as exc:
-            raise RevisionError(f"upstream {upstream_id}: {exc}") from exc
-    models: dict[str, ModelTarget] = {}
-    for slug, product in doc.products.items():
-        if product.slug != slug:
-            raise RevisionError(f"product key {slug!r} differs from its slug {product.slug!r}")
-        for name, route in product.models.items():
-            if name in models:
-                raise RevisionError(
-                    f"model {name!r} is routed by both {models[name].product.slug!r} and {slug!r}"
-                )
-            target = doc.upstreams.get(route.upstream)
-            if target is None:
-                raise RevisionError(f"model {name!r} names unknown upstream {route.upstream!r}")
-            models[name] = ModelTarget(name, product, route, target, secrets[route.upstream])
-    return models
+def _index_models(doc: Revision, keys: GatewayKeys) -> dict[str, Route]:
+    try:
+        return index_routes(doc, keys)
+    except RouteError as exc:
+        raise RevisionError(str(exc)) from exc
 
 
 def _batches(items: Iterable[_T]) -> Iterator[list[_T]]:

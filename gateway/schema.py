@@ -23,19 +23,54 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where the gateway sends traffic. ``secret`` is sealed (see ``gateway.secrets``)."""
+    """Where the gateway sends traffic: one vendor endpoint and its pool of credentials.
+
+    ``secret`` and every entry of ``secrets`` are sealed (see ``gateway.secrets``); the
+    pool is ``secret`` followed by ``secrets``, and the gateway rotates through it when a
+    credential is rate-limited or refused. ``options`` holds vendor settings
+    (``api_version`` for Azure OpenAI, ``region`` for Bedrock). ``name`` is what the
+    ``x-portico-target`` response header and pinning (``x-portico-upstream``) use.
+    """
 
     vendor: Name
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
     secret: str | None = None
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+    name: str = ""
+    secrets: list[str] = []
+    options: dict[str, str] = {}
 
 
-class ModelRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A public model name's target: an upstream (by id) and the name it has there."""
+class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A further target of a model route: an upstream, the model's name there, a weight."""
 
     upstream: Name
     upstream_model: Name
+    weight: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+
+
+RouteStrategy = Literal["weighted", "least_busy", "lowest_latency"]
+
+
+class ModelRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A public model name and where it goes.
+
+    The first target is ``upstream``/``upstream_model`` with ``weight``; ``targets``
+    adds more that share the load by ``strategy``. When every target has failed,
+    ``fallbacks`` (public model names of the same product) are tried in order; a
+    prompt too long for the model skips straight to them. ``kind`` says which API the
+    model serves. ``first_token_seconds`` bounds the wait for a stream's first byte.
+    """
+
+    upstream: Name
+    upstream_model: Name
+    weight: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    targets: list[Target] = []
+    strategy: RouteStrategy = "weighted"
+    fallbacks: list[Name] = []
+    kind: Literal["chat", "embeddings"] = "chat"
+    context_window: PositiveInt | None = None
+    first_token_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
 
 
 class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -55,6 +90,7 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     tokens_per_day: PositiveInt | None = None
+    token_quota: PositiveInt | None = None  # total tokens over the subscription's life
 
 
 class Subscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):

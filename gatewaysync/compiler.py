@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Literal, cast
 
 import msgspec
 from django.conf import settings
@@ -19,7 +19,7 @@ from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
 
 from catalog.crypto import decrypt_secret
-from catalog.models import Product, Upstream
+from catalog.models import ModelRoute, Plan, Product, RouteTarget, Upstream, UpstreamCredential
 from consumers.models import Consumer, Credential, Subscription
 from gateway import schema
 from gateway.secrets import GatewayKeys
@@ -100,42 +100,57 @@ def compile_state() -> CompiledState:
     keys = gateway_keys()
     now = timezone.now()
 
+    routes = ModelRoute.objects.prefetch_related(
+        Prefetch("extra_targets", queryset=RouteTarget.objects.order_by("position", "pk"))
+    )
     products = list(
         Product.objects.filter(status=Product.Status.PUBLISHED)
-        .prefetch_related("model_routes")
+        .prefetch_related(Prefetch("model_routes", queryset=routes))
         .order_by("slug")
     )
-    used_upstreams = {route.upstream_id for p in products for route in p.model_routes.all()}
+    used_upstreams = {
+        upstream_id
+        for p in products
+        for route in p.model_routes.all()
+        for upstream_id in (
+            route.upstream_id,
+            *(target.upstream_id for target in route.extra_targets.all()),
+        )
+    }
+    pool = UpstreamCredential.objects.filter(enabled=True).exclude(secret_ciphertext="")
     upstreams: dict[str, schema.Upstream] = {}
     # Fingerprints stand in for sealed secrets in the content hash: sealing uses a fresh
     # nonce each time, so the sealed form would make every compile look like a change.
-    fingerprints: dict[str, str] = {}
-    for upstream in Upstream.objects.filter(pk__in=used_upstreams).order_by("pk"):
-        sealed = None
-        if upstream.secret_ciphertext:
-            plaintext = decrypt_secret(upstream.secret_ciphertext)
-            sealed = keys.seal(plaintext)
-            fingerprints[str(upstream.pk)] = hmac.new(
-                keys.seal_key, plaintext.encode(), hashlib.sha256
-            ).hexdigest()
-        upstreams[str(upstream.pk)] = schema.Upstream(
+    fingerprinted: dict[str, schema.Upstream] = {}
+    for upstream in (
+        Upstream.objects.filter(pk__in=used_upstreams)
+        .prefetch_related(Prefetch("pool_credentials", queryset=pool.order_by("pk")))
+        .order_by("pk")
+    ):
+        secret = decrypt_secret(upstream.secret_ciphertext) if upstream.secret_ciphertext else None
+        # Oldest first, so the pool's order (the order the gateway tries) is stable.
+        secrets = [decrypt_secret(c.secret_ciphertext) for c in upstream.pool_credentials.all()]
+        plain = schema.Upstream(
             vendor=upstream.vendor,
             base_url=upstream.base_url,
-            secret=sealed,
             timeout_seconds=upstream.timeout_seconds,
+            name=upstream.name,
+            options=dict(sorted(upstream.options.items())),
         )
+        uid = str(upstream.pk)
+        upstreams[uid] = msgspec.structs.replace(
+            plain,
+            secret=None if secret is None else keys.seal(secret),
+            secrets=[keys.seal(value) for value in secrets],
+        )
+        fingerprinted[uid] = _fingerprinted(plain, keys, secret, secrets)
 
     compiled_products = {
         p.slug: schema.Product(
             id=p.pk,
             slug=p.slug,
             kind=cast(schema.ProductKind, p.kind),
-            models={
-                route.name: schema.ModelRoute(
-                    upstream=str(route.upstream_id), upstream_model=route.upstream_model
-                )
-                for route in sorted(p.model_routes.all(), key=lambda r: r.name)
-            },
+            models=_compile_routes(p.model_routes.all()),
         )
         for p in products
     }
@@ -154,13 +169,7 @@ def compile_state() -> CompiledState:
             subscriptions={
                 sub.product.slug: schema.Subscription(
                     id=sub.pk,
-                    plan=schema.Plan(
-                        id=sub.plan.pk,
-                        name=sub.plan.name,
-                        requests_per_minute=sub.plan.requests_per_minute,
-                        tokens_per_minute=sub.plan.tokens_per_minute,
-                        tokens_per_day=sub.plan.tokens_per_day,
-                    ),
+                    plan=_compile_plan(sub.plan),
                 )
                 for sub in consumer.approved
             },
@@ -169,10 +178,6 @@ def compile_state() -> CompiledState:
     rows = usable_credential_rows(now).order_by("pk")
     credentials = dict(credential_entries(rows.iterator(chunk_size=10_000)))
 
-    fingerprinted = {
-        uid: msgspec.structs.replace(u, secret=fingerprints.get(uid))
-        for uid, u in upstreams.items()
-    }
     return CompiledState(
         upstreams=upstreams,
         products=compiled_products,
@@ -180,6 +185,73 @@ def compile_state() -> CompiledState:
         credentials=credentials,
         content_hash=_content_hash(fingerprinted, compiled_products, consumers, credentials),
     )
+
+
+def _compile_routes(routes: Iterable[ModelRoute]) -> dict[str, schema.ModelRoute]:
+    """A product's routes, by name. Fallbacks that name no other model of the same kind
+    (left behind by a change the admin did not tidy) are left out rather than sent: the
+    gateway refuses a whole revision for one, and every product would stop with it."""
+    ordered = sorted(routes, key=lambda r: r.name)
+    kinds = {route.name: route.kind for route in ordered}
+    return {
+        route.name: schema.ModelRoute(
+            upstream=str(route.upstream_id),
+            upstream_model=route.upstream_model,
+            weight=route.weight,
+            targets=[
+                schema.Target(
+                    upstream=str(target.upstream_id),
+                    upstream_model=target.upstream_model,
+                    weight=target.weight,
+                )
+                for target in route.extra_targets.all()
+            ],
+            strategy=cast(schema.RouteStrategy, route.strategy),
+            fallbacks=list(
+                dict.fromkeys(
+                    name
+                    for name in route.fallbacks
+                    if name != route.name and kinds.get(name) == route.kind
+                )
+            ),
+            kind=cast(Literal["chat", "embeddings"], route.kind),
+            context_window=route.context_window,
+            first_token_seconds=route.first_token_seconds,
+        )
+        for route in ordered
+    }
+
+
+def _compile_plan(plan: Plan) -> schema.Plan:
+    return schema.Plan(
+        id=plan.pk,
+        name=plan.name,
+        requests_per_minute=plan.requests_per_minute,
+        tokens_per_minute=plan.tokens_per_minute,
+        tokens_per_day=plan.tokens_per_day,
+        token_quota=plan.token_quota,
+    )
+
+
+def _fingerprint(keys: GatewayKeys, plaintext: str) -> str:
+    return hmac.new(keys.seal_key, plaintext.encode(), hashlib.sha256).hexdigest()
+
+
+def _fingerprinted(
+    upstream: schema.Upstream, keys: GatewayKeys, secret: str | None, secrets: list[str]
+) -> schema.Upstream:
+    """``upstream`` with fingerprints of its opened secrets in place of the sealed ones."""
+    return msgspec.structs.replace(
+        upstream,
+        secret=None if secret is None else _fingerprint(keys, secret),
+        secrets=[_fingerprint(keys, value) for value in secrets],
+    )
+
+
+def _opened(upstream: schema.Upstream, keys: GatewayKeys) -> tuple[str | None, list[str]]:
+    """The plaintexts of a document upstream's secret and pool."""
+    secret = None if upstream.secret is None else keys.unseal(upstream.secret)
+    return secret, [keys.unseal(value) for value in upstream.secrets]
 
 
 def _content_hash(
@@ -203,14 +275,7 @@ def document_content_hash(doc: schema.Revision) -> str:
     """
     keys = gateway_keys()
     fingerprinted = {
-        uid: msgspec.structs.replace(
-            u,
-            secret=None
-            if u.secret is None
-            else hmac.new(
-                keys.seal_key, keys.unseal(u.secret).encode(), hashlib.sha256
-            ).hexdigest(),
-        )
+        uid: _fingerprinted(u, keys, *_opened(u, keys))
         for uid, u in sorted(doc.upstreams.items(), key=lambda item: int(item[0]))
     }
     return _content_hash(
@@ -232,16 +297,13 @@ def only_credentials_changed(previous: schema.Revision, state: CompiledState) ->
 
 
 def _same_upstream(a: schema.Upstream, b: schema.Upstream) -> bool:
+    """Equal but for the nonces of their sealed secrets."""
     keys = gateway_keys()
-    if (a.secret is None) != (b.secret is None):
+    if _opened(a, keys) != _opened(b, keys):
         return False
-    if (
-        a.secret is not None
-        and b.secret is not None
-        and keys.unseal(a.secret) != keys.unseal(b.secret)
-    ):
-        return False
-    return msgspec.structs.replace(a, secret=None) == msgspec.structs.replace(b, secret=None)
+    return msgspec.structs.replace(a, secret=None, secrets=[]) == msgspec.structs.replace(
+        b, secret=None, secrets=[]
+    )
 
 
 def credential_delta(previous: schema.Revision, state: CompiledState, number: int) -> schema.Delta:

@@ -11,7 +11,9 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -19,6 +21,7 @@ from django.db import transaction
 
 from catalog import services as catalog_services
 from catalog.models import Category, ModelRoute, Plan, Product, Upstream
+from catalog.services import TargetSpec
 from consumers import services as consumer_services
 from consumers.models import Consumer, Credential, Subscription
 from gateway.keys import hash_key
@@ -26,6 +29,8 @@ from portal.models import Membership, Portal
 
 DEMO_PRODUCT_SLUG = "demo-chat"
 DEMO_MODEL = "demo-model"
+DEMO_LARGE_MODEL = "demo-model-large"
+DEMO_EMBEDDING_MODEL = "demo-embedding"
 ADMIN_USERNAME = "admin"
 DEMO_GUIDE = """\
 Demo Chat answers like an OpenAI chat model but **echoes your last message**, so you can
@@ -35,7 +40,11 @@ try the portal end to end without a vendor account.
 2. Create a key for the app; it is shown once, so copy it.
 3. Use one of the Quick start snippets with your key in place of `YOUR_API_KEY`.
 
-The Free plan allows 600 requests per minute.
+`demo-model` shares its calls between two targets (see the `x-portico-target` response
+header) and falls back to `demo-model-large` when they fail or the prompt is too long
+for them. `demo-embedding` serves `/v1/embeddings`.
+
+The Free plan allows 600 requests per minute; the Trial plan, 100,000 tokens in all.
 """
 
 
@@ -107,10 +116,8 @@ def seed_demo(*, mock_llm_url: str) -> DemoSeed:
             kind=Product.Kind.MODEL,
             description="A mock OpenAI-compatible chat model that echoes your last message.",
         )
-        catalog_services.model_route_create(
-            product=product, name=DEMO_MODEL, upstream=upstream, upstream_model="mock"
-        )
         catalog_services.plan_create(product=product, name="Free", requests_per_minute=600)
+    _seed_demo_models(product=product, upstream=upstream)
     if product.category_id is None and not product.tags and not product.guide_markdown:
         # Only an unlisted product gets the demo listing, so an admin's edits survive
         # the next seed.
@@ -162,5 +169,57 @@ def seed_demo(*, mock_llm_url: str) -> DemoSeed:
         demo_key=key,
         upstream_key=state["upstream_key"],
         products={"model": product.slug},
-        models=list(ModelRoute.objects.filter(product=product).values_list("name", flat=True)),
+        # The demo model first: `make run` and CI call it to see that all is up.
+        models=[
+            DEMO_MODEL,
+            *ModelRoute.objects.filter(product=product)
+            .exclude(name=DEMO_MODEL)
+            .values_list("name", flat=True),
+        ],
     )
+
+
+def _seed_demo_models(*, product: Product, upstream: Upstream) -> None:
+    """The demo's models, each made when missing (an admin's edits to them are kept).
+
+    All are served by the mock LLM, which answers whatever model it is asked for:
+    ``demo-model`` has two weighted targets (two model names there, so the gateway
+    counts them apart) and falls back to ``demo-model-large``. In this order, so that a
+    fallback exists before the model naming it.
+    """
+    models: list[dict[str, Any]] = [
+        {
+            "name": DEMO_LARGE_MODEL,
+            "upstream_model": "mock-large",
+            "context_window": 128_000,
+            "max_output_tokens": 16_384,
+            "input_price_per_mtok": Decimal("2.50"),
+            "output_price_per_mtok": Decimal("10.00"),
+        },
+        {
+            "name": DEMO_MODEL,
+            "upstream_model": "mock",
+            "weight": 3,
+            "targets": [TargetSpec(upstream=upstream, upstream_model="mock-replica", weight=1)],
+            "fallbacks": [DEMO_LARGE_MODEL],
+            "context_window": 8_192,
+            "max_output_tokens": 4_096,
+            "input_price_per_mtok": Decimal("0.15"),
+            "output_price_per_mtok": Decimal("0.60"),
+        },
+        {
+            "name": DEMO_EMBEDDING_MODEL,
+            "upstream_model": "mock-embedding",
+            "kind": ModelRoute.Kind.EMBEDDINGS,
+            "context_window": 8_192,
+            "input_price_per_mtok": Decimal("0.02"),
+        },
+    ]
+    for spec in models:
+        # Names are unique across products: one an admin moved elsewhere is not missing.
+        if not ModelRoute.objects.filter(name=spec["name"]).exists():
+            catalog_services.model_route_create(product=product, upstream=upstream, **spec)
+    if not Plan.objects.filter(product=product, name="Trial").exists():
+        catalog_services.plan_create(
+            product=product, name="Trial", requests_per_minute=60, token_quota=100_000
+        )

@@ -22,7 +22,7 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.utils import timezone
 
-from catalog.models import Product
+from catalog.models import ModelRoute, Product
 from consumers import services
 from consumers.models import Consumer, Subscription
 
@@ -58,6 +58,8 @@ def targets_for(*, user: User) -> list[Target]:
         Target(sub.consumer_id, sub.consumer.name, route.name, sub.product.name)
         for sub in subscriptions
         for route in sub.product.model_routes.all()
+        # The playground chats; embeddings models have nothing to say.
+        if route.kind == ModelRoute.Kind.CHAT
     ]
 
 

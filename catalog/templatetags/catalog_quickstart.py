@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django import template
 
-from catalog.models import Product
+from catalog.models import ModelRoute, Product
 
 register = template.Library()
 
@@ -49,6 +49,11 @@ def _curl(url: str, *, headers: list[str], body: object | None = None) -> str:
 
 
 def model_snippets(*, gateway_url: str, model: str) -> list[Snippet]:
+    """Chat: OpenAI's chat completions (curl and SDK) and Anthropic's Messages API (SDK).
+
+    The Anthropic SDK adds ``/v1/messages`` to its base URL itself and sends the key as
+    ``x-api-key``, which the gateway accepts as well as a bearer token.
+    """
     messages = [{"role": "user", "content": "Hello!"}]
     curl = _curl(
         f"{gateway_url}/v1/chat/completions",
@@ -83,6 +88,31 @@ print(message.content[0].text)
             "python",
             anthropic_sdk,
             "pip install anthropic",
+        ),
+    ]
+
+
+def embedding_snippets(*, gateway_url: str, model: str) -> list[Snippet]:
+    """Embeddings: OpenAI's embeddings API (curl and SDK); Anthropic's has none."""
+    curl = _curl(
+        f"{gateway_url}/v1/embeddings",
+        headers=[f"Authorization: Bearer {API_KEY_PLACEHOLDER}", "Content-Type: application/json"],
+        body={"model": model, "input": "Hello!"},
+    )
+    openai_sdk = f"""from openai import OpenAI
+
+client = OpenAI(base_url={_py(gateway_url + "/v1")}, api_key={_py(API_KEY_PLACEHOLDER)})
+response = client.embeddings.create(model={_py(model)}, input="Hello!")
+print(len(response.data[0].embedding))
+"""
+    return [
+        Snippet("qs-curl-embeddings", "curl · embeddings", "shell", curl),
+        Snippet(
+            "qs-openai-embeddings",
+            "Python · openai SDK · embeddings",
+            "python",
+            openai_sdk,
+            "pip install openai",
         ),
     ]
 
@@ -188,7 +218,14 @@ def quickstart_for(product: Product, gateway_url: str) -> list[Snippet]:
         return agent_snippets(gateway_url=base, slug=product.slug)
     # Uses the prefetched routes when the view prefetched them (no extra query).
     routes = list(product.model_routes.all())
-    return model_snippets(gateway_url=base, model=routes[0].name if routes else MODEL_PLACEHOLDER)
+    chat = next((r.name for r in routes if r.kind == ModelRoute.Kind.CHAT), None)
+    embeddings = next((r.name for r in routes if r.kind == ModelRoute.Kind.EMBEDDINGS), None)
+    snippets = []
+    if chat is not None or embeddings is None:
+        snippets += model_snippets(gateway_url=base, model=chat or MODEL_PLACEHOLDER)
+    if embeddings is not None:
+        snippets += embedding_snippets(gateway_url=base, model=embeddings)
+    return snippets
 
 
 @register.simple_tag

@@ -16,6 +16,7 @@ MODELS = [
     "catalog_product",
     "catalog_upstream",
     "catalog_plan",
+    "catalog_modelroute",
     "consumers_consumer",
     "consumers_credential",
     "consumers_subscription",
@@ -29,6 +30,16 @@ MODELS = [
 def admin_client_(client, staff):
     client.force_login(staff)
     return client
+
+
+def empty_inline(prefix: str, initial: int = 0) -> dict[str, str]:
+    """The management form of an inline formset that submits no rows."""
+    return {
+        f"{prefix}-TOTAL_FORMS": str(initial),
+        f"{prefix}-INITIAL_FORMS": str(initial),
+        f"{prefix}-MIN_NUM_FORMS": "0",
+        f"{prefix}-MAX_NUM_FORMS": "1000",
+    }
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -55,6 +66,7 @@ def test_upstream_secret_is_write_only(admin_client_, catalog):
             "base_url": catalog.upstream.base_url,
             "timeout_seconds": "30",
             "secret": "sk-rotated-canary-0001",
+            **empty_inline("pool_credentials"),
         },
     )
     assert response.status_code == 302

@@ -414,7 +414,7 @@ def test_product_page_shows_listing_and_models(client, shelf):
     assert "Embeddings" in page
     assert ">multilingual</a>" in page
     assert "Dense vectors for semantic retrieval." in page
-    assert "<li><code>text-embed-3</code></li>" in page
+    assert '<th scope="row"><code>text-embed-3</code></th>' in page
     assert 'id="subscribe"' in page  # the subscription panel is still included
 
 

@@ -620,6 +620,7 @@ def test_product_detail_has_plans_and_model_names(client, world):
             "requests_per_minute": 60,
             "tokens_per_minute": None,
             "tokens_per_day": None,
+            "token_quota": None,
         }
     ]
     catalog_services.product_create(name="Draft", slug="draft", kind="model")

@@ -34,9 +34,11 @@ def test_revision_holds_what_the_gateway_needs_and_validates(subscription, catal
     # an emptied or replaced one already gave a gateway.
     assert abs(rev.number - time.time()) < 60
     live = applied(rev)
-    target = live.models["chat-model"]
-    assert target.product.slug == "chat"
-    assert target.upstream_secret == "sk-upstream-" + "x" * 24
+    route = live.models["chat-model"]
+    assert route.product.slug == "chat"
+    [target] = route.targets
+    assert [e.credential for e in target.endpoints] == ["sk-upstream-" + "x" * 24]
+    assert target.label == "upstream-chat/mock"
     credential = live.doc.credentials[hash_key(issued.key)]
     assert credential.consumer == subscription.consumer_id
     consumer = live.doc.consumers[str(subscription.consumer_id)]

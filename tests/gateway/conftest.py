@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from devstack.procs import Service, Stack, free_port, wait_until
 from gateway.keys import generate_key
@@ -245,6 +246,13 @@ def sha256(key: str) -> str:
 
 def chat_body(model: str = "gpt-test", text: str = "hello gateway", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def function_call(calls: list[Any] | None) -> ChatCompletionMessageFunctionToolCall:
+    """The first tool call of an answer, which must be a function call."""
+    assert calls
+    assert isinstance(calls[0], ChatCompletionMessageFunctionToolCall)
+    return calls[0]
 
 
 def closed_port() -> int:

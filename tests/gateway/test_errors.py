@@ -131,10 +131,12 @@ def test_upstream_5xx_is_502_without_relaying_the_upstream_body(gw: Gateway, wor
     assert "The server had an error" not in response.text
 
 
-def test_upstream_4xx_is_relayed_with_retry_after(gw: Gateway, world: World) -> None:
+def test_upstream_rate_limit_with_nowhere_else_to_go_is_429_with_retry_after(
+    gw: Gateway, world: World
+) -> None:
     response = gw.chat(world.alice_key, chat_body("gpt-limited"))
-    assert response.status_code == 429
-    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    error = assert_openai_error(response, 429, "rate_limit_exceeded")
+    assert error["type"] == "upstream_error"
     assert response.headers["retry-after"] == "1"
     assert response.headers["x-request-id"]
 

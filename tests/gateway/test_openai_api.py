@@ -31,8 +31,8 @@ def test_chat_completion_through_the_gateway(gw: Gateway, world: World) -> None:
     assert completion.choices[0].message.content == "You said: three little words"
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (3, 5)
-    # The upstream saw its own model name; the client sees what the upstream answered.
-    assert completion.model == "mock"
+    # The upstream saw its own model name; the client sees the one it asked for.
+    assert completion.model == "gpt-test"
     event = gw.wait_for_spooled(raw.headers["x-request-id"])
     assert event["status"] == 200
     assert (event["prompt_tokens"], event["completion_tokens"]) == (3, 5)

@@ -24,6 +24,7 @@ from gateway.schema import (
     Product,
     Revision,
     Subscription,
+    Target,
     Upstream,
 )
 from gateway.secrets import GatewayKeys
@@ -70,10 +71,75 @@ def delta(base: int = 5, **changes: object) -> Delta:
 def test_valid_revision_opens_secrets_and_indexes_models() -> None:
     applied = build(decode_revision(encode(revision())), KEYS)
     assert applied.number == 5
-    target = applied.models["gpt-x"]
-    assert target.upstream_secret == "sk-1"
-    assert target.route.upstream_model == "gpt-4o"
-    assert target.product.slug == "chat"
+    route = applied.models["gpt-x"]
+    assert [t.model for t in route.targets] == ["gpt-4o"]
+    assert [e.credential for e in route.targets[0].endpoints] == ["sk-1"]
+    assert route.product.slug == "chat"
+
+
+def test_routes_index_every_target_and_the_whole_credential_pool() -> None:
+    upstreams = {
+        "openai": Upstream(
+            vendor="openai",
+            base_url="https://api.openai.com/v1",
+            secret=KEYS.seal("sk-1"),
+            secrets=[KEYS.seal("sk-2"), KEYS.seal("sk-3")],
+            name="OpenAI",
+        ),
+        "claude": Upstream(
+            vendor="anthropic", base_url="https://api.anthropic.com/v1", secret=KEYS.seal("a-1")
+        ),
+    }
+    routes = {
+        "smart": ModelRoute(
+            upstream="openai",
+            upstream_model="gpt-4o",
+            weight=3,
+            targets=[Target(upstream="claude", upstream_model="claude-x", weight=1)],
+            fallbacks=["big"],
+        ),
+        "big": ModelRoute(upstream="claude", upstream_model="claude-big", context_window=200_000),
+    }
+    doc = revision(
+        upstreams=upstreams,
+        products={"chat": Product(id=1, slug="chat", kind="model", models=routes)},
+    )
+    applied = build(decode_revision(encode(doc)), KEYS)
+    smart = applied.models["smart"]
+    assert [(t.label, t.weight) for t in smart.targets] == [
+        ("OpenAI/gpt-4o", 3),
+        ("claude/claude-x", 1),
+    ]
+    assert [e.credential for e in smart.targets[0].endpoints] == ["sk-1", "sk-2", "sk-3"]
+    assert len(set(smart.targets[0].credential_keys)) == 3
+    assert smart.targets[1].adapter.vendor == "anthropic"
+    assert smart.fallbacks == ("big",)
+    assert "sk-2" not in repr(smart)
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        (ModelRoute(upstream="openai", upstream_model="m", fallbacks=["nowhere"]), "falls back"),
+        (ModelRoute(upstream="openai", upstream_model="m", fallbacks=["gpt-x"]), "falls back"),
+        (
+            ModelRoute(upstream="openai", upstream_model="m", targets=[Target("ghost", "m")]),
+            "unknown upstream 'ghost'",
+        ),
+    ],
+)
+def test_inconsistent_routes_are_rejected(route: ModelRoute, message: str) -> None:
+    doc = revision(
+        products={"chat": Product(id=1, slug="chat", kind="model", models={"gpt-x": route})}
+    )
+    with pytest.raises(RevisionError, match=message):
+        build(doc, KEYS)
+
+
+def test_unknown_vendor_is_rejected() -> None:
+    upstream = Upstream(vendor="nobody", base_url="https://example.com", secret=KEYS.seal("s"))
+    with pytest.raises(RevisionError, match="unknown vendor 'nobody'"):
+        build(revision(upstreams={"openai": upstream}), KEYS)
 
 
 def test_unknown_schema_version_is_rejected_on_decode_and_on_build() -> None:

@@ -40,9 +40,16 @@ def test_upstream_rejecting_the_credential_proves_the_mock_checks_it(
     assert gw.chat(world.alice_key, chat_body("gpt-test")).status_code == 200
 
 
-def test_routed_model_name_replaces_the_public_one(gw: Gateway, world: World) -> None:
+def test_routed_model_name_replaces_the_public_one_upstream_and_back(
+    gw: Gateway, world: World
+) -> None:
+    before = len(world.mock.records())
     response = gw.chat(world.alice_key, chat_body("gpt-test"))
-    assert response.json()["model"] == "mock"
+    assert world.mock.records()[before]["model"] == "mock"
+    assert response.json()["model"] == "gpt-test"
+    streamed = gw.chat(world.alice_key, chat_body("gpt-test", stream=True)).text
+    assert '"model":"gpt-test"' in streamed
+    assert '"model":"mock"' not in streamed
 
 
 def test_unchanged_body_is_passed_through_byte_for_byte(gw: Gateway, world: World) -> None:
