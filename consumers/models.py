@@ -89,13 +89,24 @@ class Subscription(models.Model):
                 name="subscription_one_live",
             )
         ]
+        indexes = [
+            # The products a developer's apps subscribed to (the usage page's filter) from
+            # the index alone: with only the consumer index, PostgreSQL preferred scanning
+            # every subscription to looking up a thousand apps.
+            models.Index(fields=["consumer", "product"], name="subscription_consumer_product"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.consumer} → {self.product} ({self.status})"
 
 
 class UsageRecord(models.Model):
-    """One gateway call. Ids are kept as plain numbers so a record outlives what it names."""
+    """One gateway call. Ids are kept as plain numbers so a record outlives what it names.
+
+    ``owner_id`` is the owner of the app when the call was stored (NULL without an app,
+    or when the app was already gone): deleting an app removes its access, not the
+    calls its owner made with it, so their dashboards keep counting them.
+    """
 
     event_id = models.CharField(max_length=64, unique=True)
     request_id = models.CharField(max_length=64)
@@ -103,6 +114,7 @@ class UsageRecord(models.Model):
     gateway = models.CharField(max_length=200, blank=True)
     route = models.CharField(max_length=64, blank=True)
     consumer_id = models.BigIntegerField(null=True)
+    owner_id = models.BigIntegerField(null=True)
     credential_id = models.BigIntegerField(null=True)
     product_id = models.BigIntegerField(null=True)
     model = models.CharField(max_length=200, blank=True)
@@ -125,27 +137,24 @@ class UsageRecord(models.Model):
         return f"{self.request_id} {self.status}"
 
 
-class UsageHourly(models.Model):
-    """The calls of one hour (UTC) by one app to one product and model, summed.
+# The columns of UsageSums, which the rollups' covering indexes include.
+ROLLUP_SUMS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_sum_ms",
+    "latency_max_ms",
+)
 
-    Maintained by ``consumers.services.usage_records_ingest`` in the transaction that
-    inserts the raw records, from exactly the records it inserted, so every call is
-    counted once; the dashboards read these rows instead of aggregating raw records.
-    :class:`UsageRecord` stays the per-call truth (the CSV of calls, audits, rebuilds).
 
-    ``consumer_id`` and ``product_id`` are 0 for a call without an app or product (NULL
-    in the raw record): a unique constraint treats NULLs as distinct, so the additive
-    upsert (``ON CONFLICT ... DO UPDATE``) could not find such rows again. Real ids
-    start at 1.
+class UsageSums(models.Model):
+    """What every usage rollup row sums of its calls.
 
     Latency is kept as a sum and a maximum, which is all the dashboards show (average
     and slowest call); sums and maxima of hours add up exactly into days and windows.
     """
 
-    hour = models.DateTimeField()
-    consumer_id = models.BigIntegerField()
-    product_id = models.BigIntegerField()
-    model = models.CharField(max_length=200, blank=True)
     requests = models.BigIntegerField()
     errors = models.BigIntegerField()
     prompt_tokens = models.BigIntegerField()
@@ -154,30 +163,163 @@ class UsageHourly(models.Model):
     latency_max_ms = models.FloatField()
 
     class Meta:
+        abstract = True
+
+
+class _PerApp(UsageSums):
+    """The key of a rollup row of one app's calls, but for its period: the app, the owner
+    it had when the calls were made, the product and the model ("none" is 0)."""
+
+    consumer_id = models.BigIntegerField()
+    owner_id = models.BigIntegerField(default=0)
+    product_id = models.BigIntegerField()
+    model = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class UsageHourly(_PerApp):
+    """The calls of one hour (UTC) by one app of one owner to one product and model, summed.
+
+    Maintained by ``consumers.services.usage_records_ingest`` in the transaction that
+    inserts the raw records, from exactly the records it inserted, so every call is
+    counted once; the dashboards read these rows instead of aggregating raw records.
+    :class:`UsageRecord` stays the per-call truth (the CSV of calls, audits, rebuilds).
+
+    ``consumer_id``, ``owner_id`` and ``product_id`` are 0 for a call without an app, a
+    known owner or a product (NULL in the raw record): a unique constraint treats NULLs
+    as distinct, so the additive upsert (``ON CONFLICT ... DO UPDATE``) could not find
+    such rows again. Real ids start at 1. The owner is part of the key so an app handed
+    to another developer leaves its earlier calls with the one who made them.
+    """
+
+    hour = models.DateTimeField()
+
+    class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["hour", "consumer_id", "product_id", "model"], name="usage_hourly_key"
+                fields=["hour", "consumer_id", "owner_id", "product_id", "model"],
+                name="usage_hourly_key",
             )
         ]
         indexes = [
-            # Covering (on PostgreSQL): a developer's dashboard reads every row of their
-            # apps in the window from the index alone, without visiting the table.
+            # Covering (on PostgreSQL): one app's dashboard reads its rows in the window
+            # from the index alone, without visiting the table.
             models.Index(
                 fields=["consumer_id", "hour"],
                 name="usage_hourly_consumer",
-                include=[
-                    "product_id",
-                    "model",
-                    "requests",
-                    "errors",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "latency_sum_ms",
-                    "latency_max_ms",
-                ],
+                include=["owner_id", "product_id", "model", *ROLLUP_SUMS],
+            ),
+            # Covering too: all of a developer's apps, deleted ones included (the 24-hour
+            # dashboard and CSV), in one range of the index, in the CSV's order.
+            models.Index(
+                fields=["owner_id", "hour", "consumer_id", "product_id", "model"],
+                name="usage_hourly_owner",
+                include=ROLLUP_SUMS,
             ),
             models.Index(fields=["product_id", "hour"], name="usage_hourly_product"),
         ]
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}h app {self.consumer_id}: {self.requests} calls"
+
+
+class UsageDaily(_PerApp):
+    """The calls of one day (UTC) by one app of one owner to one product and model: the
+    hours of :class:`UsageHourly` folded into days, kept next to it in the same
+    transaction by the same additive upsert, for the 7- and 30-day CSV: it streams
+    these rows as they are, in the order of their index, where summing 24 hourly rows
+    for each of its lines had to be done, and sorted, before its first line could go.
+    Its "none" is 0, as in UsageHourly.
+    """
+
+    day = models.DateTimeField()  # the UTC midnight that starts it
+
+    class Meta:
+        constraints = [
+            # The upsert's key, and the index a developer's CSV streams from, in its own
+            # order: one index to keep up at ingest. (Not covering: SQLite would then
+            # not have the constraint the upsert names.)
+            models.UniqueConstraint(
+                fields=["owner_id", "day", "consumer_id", "product_id", "model"],
+                name="usage_daily_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day:%Y-%m-%d} app {self.consumer_id}: {self.requests} calls"
+
+
+class UsageOwnerHourly(UsageSums):
+    """The calls of one hour (UTC) by all the apps of one owner, to every product, summed.
+
+    The series (the charts and the per-bucket table) of a dashboard of all of a
+    developer's apps and products: one row per hour, however many apps, products and
+    models the hour's calls went to. With the product and model in the key it would be
+    no smaller than :class:`UsageHourly` for a developer whose thousand apps call a
+    few thousand products. Kept next to UsageHourly, in the same transaction and by the
+    same additive upsert. ``owner_id`` is 0 for "none", as in UsageHourly.
+    """
+
+    hour = models.DateTimeField()
+    owner_id = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            # The upsert's key; a developer's hours are one range of it.
+            models.UniqueConstraint(fields=["owner_id", "hour"], name="usage_owner_hourly_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h owner {self.owner_id}: {self.requests} calls"
+
+
+class UsageOwnerDays(UsageSums):
+    """The calls of one day, or one week, by all the apps of one owner to one product
+    and model, summed: ``days`` (1 or 7) days from ``start``, a UTC midnight (a Monday
+    for a week). Every call is in one row of each span.
+
+    The breakdown by product and model of the 7- and 30-day dashboards of all of a
+    developer's apps (and their series for one product). A developer with a thousand
+    apps has a row per app and hour in :class:`UsageHourly`, and summing those for 30
+    days was most of the page's time: here the apps are summed and the hours folded into
+    days, and a month is its whole weeks plus the days at its ends, a few rows per
+    product and model instead of thirty. Kept next to UsageHourly, in the same
+    transaction and by the same additive upsert. ``owner_id`` and ``product_id`` are 0
+    for "none", as in UsageHourly.
+    """
+
+    DAY = 1
+    WEEK = 7
+
+    start = models.DateTimeField()
+    days = models.PositiveSmallIntegerField()
+    owner_id = models.BigIntegerField()
+    product_id = models.BigIntegerField()
+    model = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["start", "days", "owner_id", "product_id", "model"],
+                name="usage_owner_days_key",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(days__in=[1, 7]), name="usage_owner_days_span"
+            ),
+        ]
+        indexes = [
+            # Covering (on PostgreSQL): a developer's weeks, or days, in a window are one
+            # range of it each, read from the index alone. It is worth its upkeep: the
+            # dashboards read these rows on every view.
+            models.Index(
+                fields=["owner_id", "days", "start"],
+                name="usage_owner_days_owner",
+                include=["product_id", "model", *ROLLUP_SUMS],
+            ),
+        ]
+
+    def __str__(self) -> str:
+        span = "day" if self.days == self.DAY else "week"
+        return f"{span} of {self.start:%Y-%m-%d} owner {self.owner_id}: {self.requests} calls"

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
-from django.db.models import Count, Field, Max, Min, Model, Q, Sum, Value
-from django.db.models.functions import Coalesce, TruncHour
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.models import Count, F, Field, Max, Min, Model, Q, Sum, Value
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncWeek
 from django.utils import timezone
 
 from catalog.models import Plan, Product
-from consumers.models import Consumer, Credential, Subscription, UsageHourly, UsageRecord
+from consumers.models import (
+    ROLLUP_SUMS,
+    Consumer,
+    Credential,
+    Subscription,
+    UsageDaily,
+    UsageHourly,
+    UsageOwnerDays,
+    UsageOwnerHourly,
+    UsageRecord,
+)
 from consumers.tasks import subscription_notify_task
 from gateway import keys, schema
 from gatewaysync.services import gateway_changed
@@ -48,7 +58,8 @@ def consumer_rename(*, consumer: Consumer, name: str) -> Consumer:
 def consumer_delete(*, consumer: Consumer) -> None:
     """Delete an app with its keys and subscriptions; the gateway stops honouring them.
 
-    Usage records keep their numbers (they are history, not access).
+    Usage records and rollups keep their numbers and owner (they are history, not
+    access): the app's calls stay on its owner's dashboards and CSV.
     """
     audit.record("consumer.delete", consumer, credentials=consumer.credentials.count())
     consumer.delete()
@@ -238,6 +249,7 @@ _RECORD_FIELDS = (
     "gateway",
     "route",
     "consumer_id",
+    "owner_id",
     "credential_id",
     "product_id",
     "model",
@@ -248,41 +260,53 @@ _RECORD_FIELDS = (
     "stream",
 )
 
-_HOURLY_KEY = ("hour", "consumer_id", "product_id", "model")
-_HOURLY_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_sum_ms")
+# The sums of a rollup row that add up; the maximum latency is the one that does not.
+_ADDITIVE_SUMS = tuple(name for name in ROLLUP_SUMS if name != "latency_max_ms")
 
 
 @transaction.atomic
 def usage_records_ingest(*, events: Iterable[schema.UsageEvent]) -> int:
-    """Store usage events idempotently and add them to the hourly rollups; returns how
-    many were new.
+    """Store usage events idempotently and add them to the rollups; returns how many were
+    new.
 
     The event id is unique in the table, so a batch delivered twice (a gateway retry, a
     Redis entry claimed again after a worker died) inserts nothing the second time.
-    :class:`UsageHourly` is updated in the same transaction from exactly the records
-    this call inserted: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` names them on
-    SQLite and PostgreSQL alike, also when a concurrent ingest of the same events won
-    the race (which then counts them itself). A pre-check of existing ids could not
-    tell that, and ``bulk_create(ignore_conflicts=True)`` does not say what it skipped.
+    :class:`UsageHourly` and the rollups made from it are updated in the same
+    transaction from exactly the records this call inserted: ``INSERT ... ON CONFLICT
+    DO NOTHING RETURNING`` names them on SQLite and PostgreSQL alike, also when a
+    concurrent ingest of the same events won the race (which then counts them itself).
+    A pre-check of existing ids could not tell that, and
+    ``bulk_create(ignore_conflicts=True)`` does not say what it skipped.
+
+    Each record is stamped with its app's owner now, so the calls stay on the owner's
+    dashboards after the app is deleted.
     """
-    fresh: dict[str, UsageRecord] = {}
+    unique: dict[str, schema.UsageEvent] = {}
     for event in events:
         # The first delivery of an id within a batch wins, as it would across batches.
-        if event.id not in fresh:
-            fresh[event.id] = _usage_record(event)
-    if not fresh:
+        unique.setdefault(event.id, event)
+    if not unique:
         return 0
+    owners = _owners_of(event.consumer for event in unique.values())
     # Every ingest inserts in event-id order and upserts rollups in key order, so
     # concurrent ones take their row locks in the same order and cannot deadlock.
-    records = [fresh[event_id] for event_id in sorted(fresh)]
+    records = [_usage_record(unique[event_id], owners) for event_id in sorted(unique)]
     new_ids = _usage_records_insert_new(records)
     inserted = [record for record in records if record.event_id in new_ids]
-    _usage_hourly_add(inserted)
+    _usage_rollups_add(inserted)
     _touch_last_used(inserted)
     return len(inserted)
 
 
-def _usage_record(event: schema.UsageEvent) -> UsageRecord:
+def _owners_of(consumer_ids: Iterable[int | None]) -> dict[int, int]:
+    """The owner of each of these apps that still exists, in one query."""
+    wanted = {pk for pk in consumer_ids if pk is not None}
+    if not wanted:
+        return {}
+    return dict(Consumer.objects.filter(pk__in=wanted).values_list("pk", "owner_id"))
+
+
+def _usage_record(event: schema.UsageEvent, owners: dict[int, int]) -> UsageRecord:
     return UsageRecord(
         event_id=event.id,
         request_id=event.request_id,
@@ -290,6 +314,7 @@ def _usage_record(event: schema.UsageEvent) -> UsageRecord:
         gateway=event.gateway[:200],
         route=event.route[:64],
         consumer_id=event.consumer,
+        owner_id=None if event.consumer is None else owners.get(event.consumer),
         credential_id=event.credential,
         product_id=event.product,
         model=(event.model or "")[:200],
@@ -314,7 +339,8 @@ def _usage_records_insert_new(records: list[UsageRecord]) -> set[str]:
     event_id = qn(_fields(UsageRecord, ["event_id"])[0].column)
     placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
     inserted: set[str] = set()
-    with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: asked for once per value
+    with db.cursor() as cursor:
         for at in range(0, len(records), _INGEST_CHUNK):
             chunk = records[at : at + _INGEST_CHUNK]
             # Identifiers come from the model, every value is a parameter.
@@ -323,7 +349,7 @@ def _usage_records_insert_new(records: list[UsageRecord]) -> set[str]:
                 f"VALUES {', '.join([placeholders] * len(chunk))} "
                 f"ON CONFLICT ({event_id}) DO NOTHING RETURNING {event_id}",
                 [
-                    field.get_db_prep_save(getattr(record, field.attname), connection)
+                    field.get_db_prep_save(getattr(record, field.attname), db)
                     for record in chunk
                     for field in fields
                 ],
@@ -336,18 +362,94 @@ def _hour(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _usage_hourly_add(records: Iterable[UsageRecord]) -> None:
-    """Add ``records`` to their hours' rollup rows, creating the rows that are missing.
+def _day(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+# A rollup's key: the period its row starts, then the ids and model it is per. "None" is 0.
+_RollupKey = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class _CoarserRollup:
+    """A rollup whose rows sum the hourly rows (see consumers.models) per period start
+    (``period``, a column holding ``start_of`` the call's time, ``bucket`` in SQL) and
+    ``keys``, with ``fixed`` columns set alike on all of them."""
+
+    model: type[Model]
+    period: str
+    start_of: Callable[[datetime], datetime]
+    bucket: Callable[[], Any]
+    keys: tuple[str, ...]
+    fixed: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return (self.period, *(name for name, _ in self.fixed), *self.keys)
+
+    def key_of(self, record: UsageRecord) -> _RollupKey:
+        # The rollups write "none" as 0 (see UsageHourly); a model name is text.
+        ids = (
+            getattr(record, name) if name == "model" else getattr(record, name) or 0
+            for name in self.keys
+        )
+        return (self.start_of(record.ts), *(value for _, value in self.fixed), *ids)
+
+
+def _week(ts: datetime) -> datetime:
+    day = _day(ts)
+    return day - timedelta(days=day.weekday())  # the Monday that starts its ISO week
+
+
+def _in_days() -> TruncDay:
+    return TruncDay("hour", tzinfo=UTC)
+
+
+_PAIR = ("owner_id", "product_id", "model")
+_COARSER_ROLLUPS = (
+    _CoarserRollup(UsageDaily, "day", _day, _in_days, ("consumer_id", *_PAIR)),
+    _CoarserRollup(UsageOwnerHourly, "hour", _hour, lambda: F("hour"), ("owner_id",)),
+    _CoarserRollup(UsageOwnerDays, "start", _day, _in_days, _PAIR, (("days", UsageOwnerDays.DAY),)),
+    _CoarserRollup(
+        UsageOwnerDays,
+        "start",
+        _week,
+        lambda: TruncWeek("hour", tzinfo=UTC),
+        _PAIR,
+        (("days", UsageOwnerDays.WEEK),),
+    ),
+)
+
+
+def _usage_rollups_add(records: list[UsageRecord]) -> None:
+    """Add ``records`` to their rows of every rollup (see consumers.models)."""
+    _rollup_add(
+        UsageHourly,
+        ("hour", "consumer_id", "owner_id", "product_id", "model"),
+        records,
+        lambda r: (_hour(r.ts), r.consumer_id or 0, r.owner_id or 0, r.product_id or 0, r.model),
+    )
+    for rollup in _COARSER_ROLLUPS:
+        _rollup_add(rollup.model, rollup.key_names, records, rollup.key_of)
+
+
+def _rollup_add(
+    rollup: type[Model],
+    key_names: tuple[str, ...],
+    records: list[UsageRecord],
+    key_of: Callable[[UsageRecord], _RollupKey],
+) -> None:
+    """Add ``records`` to the ``rollup`` rows their ``key_of`` names, creating the rows
+    that are missing.
 
     Raw SQL because the upsert must add: ``bulk_create(update_conflicts=True)`` would
     overwrite a row's counts with this batch's. The same statement runs on SQLite
     (3.24+) and PostgreSQL; the maximum is a CASE since they spell "greatest"
     differently.
     """
-    sums: dict[tuple[datetime, int, int, str], list[float]] = {}
+    sums: dict[_RollupKey, list[float]] = {}
     for record in records:
-        key = (_hour(record.ts), record.consumer_id or 0, record.product_id or 0, record.model)
-        row = sums.setdefault(key, [0, 0, 0, 0, 0.0, record.latency_ms])
+        row = sums.setdefault(key_of(record), [0, 0, 0, 0, 0.0, record.latency_ms])
         row[0] += 1
         row[1] += 1 if record.status >= 400 else 0
         row[2] += record.prompt_tokens or 0
@@ -356,13 +458,13 @@ def _usage_hourly_add(records: Iterable[UsageRecord]) -> None:
         row[5] = max(row[5], record.latency_ms)
     if not sums:
         return
-    meta = UsageHourly._meta
     qn = connection.ops.quote_name
-    table = qn(meta.db_table)
-    names = (*_HOURLY_KEY, *_HOURLY_SUMS, "latency_max_ms")
-    fields = _fields(UsageHourly, names)
+    table = qn(rollup._meta.db_table)
+    fields = _fields(rollup, (*key_names, *_ADDITIVE_SUMS, "latency_max_ms"))
     columns = [qn(field.column) for field in fields]
-    additions = [f"{qn(name)} = {table}.{qn(name)} + excluded.{qn(name)}" for name in _HOURLY_SUMS]
+    additions = [
+        f"{qn(name)} = {table}.{qn(name)} + excluded.{qn(name)}" for name in _ADDITIVE_SUMS
+    ]
     maximum = qn("latency_max_ms")
     additions.append(
         f"{maximum} = CASE WHEN excluded.{maximum} > {table}.{maximum} "
@@ -370,18 +472,20 @@ def _usage_hourly_add(records: Iterable[UsageRecord]) -> None:
     )
     placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
     keys = sorted(sums)
-    with connection.cursor() as cursor:
+    # The connection itself, not the proxy: it is asked for once per value below.
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
         for at in range(0, len(keys), _INGEST_CHUNK):
             chunk = keys[at : at + _INGEST_CHUNK]
             params: list[Any] = []
             for key in chunk:
                 for field, value in zip(fields, (*key, *sums[key]), strict=True):
-                    params.append(field.get_db_prep_save(value, connection))
+                    params.append(field.get_db_prep_save(value, db))
             # Identifiers come from the model, every value is a parameter.
             cursor.execute(
                 f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
                 f"VALUES {', '.join([placeholders] * len(chunk))} "
-                f"ON CONFLICT ({', '.join(columns[: len(_HOURLY_KEY)])}) "
+                f"ON CONFLICT ({', '.join(columns[: len(key_names)])}) "
                 f"DO UPDATE SET {', '.join(additions)}",
                 params,
             )
@@ -389,26 +493,40 @@ def _usage_hourly_add(records: Iterable[UsageRecord]) -> None:
 
 @transaction.atomic
 def usage_hourly_rebuild(*, since: datetime | None = None) -> int:
-    """Recompute the hourly rollups from the raw records, from the hour holding
-    ``since`` (default: all of them); returns how many rollup rows it wrote.
+    """Recompute the rollups from the raw records, from the hour holding ``since``
+    (default: all of them); returns how many hourly rows per app it wrote.
 
     The repair and seeding path: for records written without
     :func:`usage_records_ingest` (bulk loads, benchmarks, an old release still
-    ingesting while the migration ran). Ingests wait for it to finish (a table lock on
-    PostgreSQL, the write lock on SQLite), so none is counted twice or lost.
+    ingesting while a migration ran). Ingests wait for it to finish (a table lock on
+    PostgreSQL, the write lock on SQLite), so none is counted twice or lost. The other
+    rollups are summed again from the hourly ones, from the start of the day (or week)
+    holding ``since``.
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             # SHARE conflicts with the ROW EXCLUSIVE lock an ingest's INSERT takes first.
             table = connection.ops.quote_name(UsageRecord._meta.db_table)
             cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")
-    hourly = UsageHourly.objects.all()
     records = UsageRecord.objects.order_by()
+    hourly = UsageHourly.objects.order_by()
     if since is not None:
-        hourly = hourly.filter(hour__gte=_hour(since))
         records = records.filter(ts__gte=_hour(since))
+        hourly = hourly.filter(hour__gte=_hour(since))
     hourly.delete()
-    return _usage_hourly_build(records=records, rollup=UsageHourly)
+    written = _usage_hourly_build(records=records, rollup=UsageHourly)
+    for rollup in _COARSER_ROLLUPS:
+        rows = rollup.model._default_manager.filter(**dict(rollup.fixed))
+        of_hours = UsageHourly.objects.order_by()
+        if since is not None:
+            # Whole periods: the hours of since's day (week) before since were kept, not
+            # rebuilt, and are summed again with the rest.
+            start = rollup.start_of(since)
+            rows = rows.filter(**{f"{rollup.period}__gte": start})
+            of_hours = of_hours.filter(hour__gte=start)
+        rows.delete()
+        _usage_coarser_build(hourly=of_hours, rollup=rollup)
+    return written
 
 
 def _usage_hourly_build(*, records: Any, rollup: Any, days_per_pass: int = 7) -> int:
@@ -416,46 +534,95 @@ def _usage_hourly_build(*, records: Any, rollup: Any, days_per_pass: int = 7) ->
     a few days at a time (the memory of one pass is bounded by the rollup rows of those
     days). Takes the models as arguments so the data migration can pass its historical
     ones."""
-    bounds = records.aggregate(first=Min("ts"), last=Max("ts"))
-    if bounds["first"] is None:
-        return 0
-    written = 0
-    start = _hour(bounds["first"])
-    while start <= bounds["last"]:
-        end = start + timedelta(days=days_per_pass)
-        rows = (
+
+    def rows(start: datetime, end: datetime) -> Iterable[Any]:
+        sums = (
             records.filter(ts__gte=start, ts__lt=end)
             .annotate(
                 bucket=TruncHour("ts", tzinfo=UTC),
                 app=Coalesce("consumer_id", Value(0)),
+                owner=Coalesce("owner_id", Value(0)),
                 product=Coalesce("product_id", Value(0)),
             )
-            .values("bucket", "app", "product", "model")
+            .values("bucket", "app", "owner", "product", "model")
             .annotate(
-                n=Count("pk"),
-                n_errors=Count("pk", filter=Q(status__gte=400)),
-                prompt=Coalesce(Sum("prompt_tokens"), Value(0)),
-                completion=Coalesce(Sum("completion_tokens"), Value(0)),
-                latency_sum=Sum("latency_ms"),
-                latency_max=Max("latency_ms"),
+                sum_requests=Count("pk"),
+                sum_errors=Count("pk", filter=Q(status__gte=400)),
+                sum_prompt_tokens=Coalesce(Sum("prompt_tokens"), Value(0)),
+                sum_completion_tokens=Coalesce(Sum("completion_tokens"), Value(0)),
+                sum_latency_sum_ms=Sum("latency_ms"),
+                sum_latency_max_ms=Max("latency_ms"),
             )
             .order_by()
         )
-        batch = [
+        return (
             rollup(
                 hour=row["bucket"],
                 consumer_id=row["app"],
+                owner_id=row["owner"],
                 product_id=row["product"],
                 model=row["model"],
-                requests=row["n"],
-                errors=row["n_errors"],
-                prompt_tokens=row["prompt"],
-                completion_tokens=row["completion"],
-                latency_sum_ms=row["latency_sum"],
-                latency_max_ms=row["latency_max"],
+                **_sums_from(row),
             )
-            for row in rows
-        ]
+            for row in sums
+        )
+
+    bounds = records.aggregate(first=Min("ts"), last=Max("ts"))
+    return _build_in_passes(rollup, rows, bounds["first"], bounds["last"], days_per_pass)
+
+
+def _usage_coarser_build(*, hourly: Any, rollup: _CoarserRollup, days_per_pass: int = 7) -> int:
+    """Insert the sums of the ``hourly`` rollup rows into ``rollup``, which has no rows
+    for their periods, a few days at a time (whole weeks: no week is split)."""
+
+    def rows(start: datetime, end: datetime) -> Iterable[Any]:
+        sums = (
+            hourly.filter(hour__gte=start, hour__lt=end)
+            .annotate(bucket=rollup.bucket())
+            .values("bucket", *rollup.keys)
+            .annotate(
+                **{f"sum_{name}": Sum(name) for name in _ADDITIVE_SUMS},
+                sum_latency_max_ms=Max("latency_max_ms"),
+            )
+            .order_by()
+        )
+        return (
+            rollup.model(
+                **{rollup.period: row["bucket"]},
+                **dict(rollup.fixed),
+                **{name: row[name] for name in rollup.keys},
+                **_sums_from(row),
+            )
+            for row in sums
+        )
+
+    bounds = hourly.aggregate(first=Min("hour"), last=Max("hour"))
+    first = None if bounds["first"] is None else rollup.start_of(bounds["first"])
+    return _build_in_passes(rollup.model, rows, first, bounds["last"], days_per_pass)
+
+
+def _sums_from(row: dict[str, Any]) -> dict[str, Any]:
+    """A rollup row's sums from a row annotated ``sum_<column>`` (an annotation may not
+    take the name of a column of its model)."""
+    return {name: row[f"sum_{name}"] for name in ROLLUP_SUMS}
+
+
+def _build_in_passes(
+    rollup: Any,
+    rows: Callable[[datetime, datetime], Iterable[Any]],
+    first: datetime | None,
+    last: datetime | None,
+    days_per_pass: int,
+) -> int:
+    """Insert ``rows(start, end)`` for consecutive spans of ``days_per_pass`` days from
+    ``first`` (a period start) through ``last``: memory is bounded by one span's rows."""
+    if first is None or last is None:
+        return 0
+    written = 0
+    start = _hour(first)
+    while start <= last:
+        end = start + timedelta(days=days_per_pass)
+        batch = list(rows(start, end))
         rollup.objects.bulk_create(batch, batch_size=1000)
         written += len(batch)
         start = end

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC
 from urllib.parse import urlencode
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
@@ -19,9 +21,9 @@ from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
 from consumers import usage as usage_selectors
-from consumers.models import Consumer, UsageHourly
+from consumers.models import Consumer
 from consumers.selectors import consumer_get_for_user
-from consumers.usage import Window
+from consumers.usage import UsageScope, Window
 
 # Ids are positive BIGINTs, written in ASCII digits ("²".isdigit() is True, int() rejects it).
 _ID = re.compile(r"[0-9]{1,18}")
@@ -90,7 +92,7 @@ def _filters(request: UsageRequest) -> UsageFilters:
     return UsageFilters(window=window, app=app, product_id=product_id)
 
 
-def _rollups(request: UsageRequest, filters: UsageFilters) -> QuerySet[UsageHourly]:
+def _scope(request: UsageRequest, filters: UsageFilters) -> UsageScope:
     return usage_selectors.usage_for_user(
         user=request.user, consumer=filters.app, product_id=filters.product_id
     )
@@ -111,21 +113,14 @@ def _app_choices(user: User) -> list[tuple[int, str]]:
 @require_GET
 def usage(request: UsageRequest) -> HttpResponse:
     filters = _filters(request)
-    report = usage_selectors.usage_report(rollups=_rollups(request, filters), window=filters.window)
+    report = usage_selectors.usage_report(scope=_scope(request, filters), window=filters.window)
     # Only an empty page asks whether there were ever any calls: it decides between
     # "make your first call" and "nothing matches these filters".
-    has_any_calls = (
-        not report.is_empty or usage_selectors.usage_for_user(user=request.user).exists()
+    has_any_calls = not report.is_empty or usage_selectors.usage_has_calls(
+        scope=usage_selectors.usage_for_user(user=request.user)
     )
     context = {
         "filters": filters,
-        "windows": list(usage_selectors.WINDOWS.values()),
-        # (pk, label) pairs for the filters' <select>s, rendered by {% select_options %}:
-        # a developer may have a thousand apps and as many products.
-        "apps": _app_choices(request.user),
-        "products": list(
-            usage_selectors.usage_products_for_user(user=request.user).values_list("pk", "name")
-        ),
         "report": report,
         "chart_data": report.chart_data(),
         "has_any_calls": has_any_calls,
@@ -137,8 +132,19 @@ def usage(request: UsageRequest) -> HttpResponse:
     }
     # A history restore needs the whole page, not the fragment.
     if request.htmx and not request.htmx.history_restore_request:
+        # The fragment has no filter form: its choices are not worth their queries.
         response = render(request, "portal/usage.html#dashboard", context)
     else:
+        context |= {
+            "windows": list(usage_selectors.WINDOWS.values()),
+            # (pk, label) pairs for the filters' <select>s, rendered by
+            # {% select_options %}: a developer may have a thousand apps and as many
+            # products.
+            "apps": _app_choices(request.user),
+            "products": list(
+                usage_selectors.usage_products_for_user(user=request.user).values_list("pk", "name")
+            ),
+        }
         response = render(request, "portal/usage.html", context)
     # The same URL answers with a fragment or a page: caches must keep both apart.
     patch_vary_headers(response, ["HX-Request"])
@@ -166,44 +172,73 @@ def _number(value: float | None) -> str:
 @require_GET
 def usage_csv(request: UsageRequest) -> StreamingHttpResponse:
     filters = _filters(request)
-    # Evaluated before streaming starts: the generator below only formats, so no query
-    # runs after the view returns (outside the request's connection handling).
     # Hourly rows (daily for the 7- and 30-day windows) per app, product and model, from
     # the rollups like the page, so the file and the page agree; per-call detail stays in
-    # the raw usage records.
-    rows = usage_selectors.usage_csv_rows(rollups=_rollups(request, filters), window=filters.window)
+    # the raw usage records. Read as the file is written (see usage_csv_rows): a month
+    # of a thousand apps is tens of thousands of lines.
+    rows = usage_selectors.usage_csv_rows(scope=_scope(request, filters), window=filters.window)
     writer = csv.writer(_Echo())
 
-    def lines() -> Iterator[str]:
+    def lines() -> Generator[str]:
         # Chunks of lines, not one yield per line: each chunk costs the response
         # machinery (encoding, the server's write) once, which was most of the time.
         chunk = [writer.writerow(CSV_HEADER)]
-        for row in rows:
-            if len(chunk) >= CSV_CHUNK_LINES:
-                yield "".join(chunk)
-                chunk = []
-            chunk.append(
-                writer.writerow(
-                    [
-                        row.bucket_start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "" if row.app_id is None else row.app_id,
-                        _cell(row.app_name),
-                        "" if row.product_id is None else row.product_id,
-                        _cell(row.product_name),
-                        _cell(row.model),
-                        row.stats.requests,
-                        row.stats.errors,
-                        row.stats.prompt_tokens,
-                        row.stats.completion_tokens,
-                        _number(row.stats.latency_avg_ms),
-                        _number(row.stats.latency_max_ms),
-                    ]
+        bucket, stamp = None, ""
+        # Closed with the response, also when the client goes away mid-file: that ends
+        # the rows' read (its cursor and transaction) at once.
+        with closing(rows):
+            for row in rows:
+                if len(chunk) >= CSV_CHUNK_LINES:
+                    yield "".join(chunk)
+                    chunk = []
+                if row.bucket_start != bucket:  # rows come bucket by bucket
+                    bucket = row.bucket_start
+                    stamp = bucket.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                stats = row.stats
+                chunk.append(
+                    writer.writerow(
+                        [
+                            stamp,
+                            "" if row.app_id is None else row.app_id,
+                            _cell(row.app_name),
+                            "" if row.product_id is None else row.product_id,
+                            _cell(row.product_name),
+                            _cell(row.model),
+                            stats.requests,
+                            stats.errors,
+                            stats.prompt_tokens,
+                            stats.completion_tokens,
+                            _number(stats.latency_avg_ms),
+                            _number(stats.latency_max_ms),
+                        ]
+                    )
                 )
-            )
         yield "".join(chunk)
 
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    chunks = lines()
+    content = _from_thread(chunks) if isinstance(request, ASGIRequest) else chunks
+    response = StreamingHttpResponse(content, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = (
         f'attachment; filename="portico-usage-{filters.window.key}.csv"'
     )
     return response
+
+
+async def _from_thread(chunks: Generator[str]) -> AsyncIterator[str]:
+    """``chunks`` for an ASGI server, made one at a time in the request's thread.
+
+    Under ASGI, Django would read a synchronous iterator to its end into memory before
+    sending a byte. Here each chunk is made by ``sync_to_async`` (thread-sensitive: the
+    thread the view ran in, which holds the request's database connection and the
+    server-side cursor) and sent before the next is read.
+    """
+    try:
+        while (chunk := await sync_to_async(_next, thread_sensitive=True)(chunks)) is not None:
+            yield chunk
+    finally:
+        # Also when the client went away: the cursor is closed in its own thread, now.
+        await sync_to_async(chunks.close, thread_sensitive=True)()
+
+
+def _next(chunks: Iterator[str]) -> str | None:
+    return next(chunks, None)

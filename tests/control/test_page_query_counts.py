@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from catalog.models import Category, ModelRoute, Plan, Product
 from consumers import usage
-from consumers.models import Consumer, Credential, Subscription
+from consumers.models import Consumer, Credential, Subscription, UsageHourly
 from consumers.selectors import PANEL_SUBSCRIPTIONS
 from consumers.services import usage_records_ingest
 from consumers.views import APPS_PAGE_SIZE
@@ -205,11 +205,11 @@ def test_the_subscribe_panel_lists_a_bounded_number_of_subscriptions(client, dev
 def test_the_usage_breakdown_shows_the_busiest_pairs_and_sums_the_rest(developer, catalog):
     app = make_subscribed_app(owner=developer, catalog=catalog, name="measured")
     grow(catalog, developer, app, products=40, apps=0, tag="x")
-    records = usage.usage_for_user(user=developer)
-    report = usage.usage_report(rollups=records, window=usage.WINDOWS["30d"])
+    scope = usage.usage_for_user(user=developer)
+    report = usage.usage_report(scope=scope, window=usage.WINDOWS["30d"])
     shown, rest = report.breakdown[:-1], report.breakdown[-1]
     assert len(shown) == usage.BREAKDOWN_ROWS
-    pairs = records.values("product_id", "model").distinct().count()
+    pairs = scope.rows(UsageHourly).values("product_id", "model").distinct().count()
     assert rest.product_id is None
     assert rest.product_name.startswith(f"{pairs - usage.BREAKDOWN_ROWS:,} more")
     # Nothing is lost: the rows add up to the totals.

@@ -10,7 +10,9 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
+from django.test import AsyncRequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -19,7 +21,7 @@ from consumers import services as consumer_services
 from consumers import usage
 from consumers.models import Consumer, UsageHourly, UsageRecord
 from gateway import schema
-from portal.usage_views import CSV_HEADER
+from portal.usage_views import CSV_CHUNK_LINES, CSV_HEADER, usage_csv
 from tests.conftest import Catalog, make_catalog, make_subscribed_app
 
 USAGE = reverse("portal:usage")
@@ -142,8 +144,8 @@ def test_hourly_series_counts_calls_and_errors_and_fills_empty_hours_with_zeros(
         record(world.app, HOUR - timedelta(hours=23, seconds=1), product_id=p),
         record(world.app, HOUR + timedelta(hours=1), product_id=p),
     )
-    records = usage.usage_for_user(user=world.app.owner)
-    report = usage.usage_report(rollups=records, window=usage.WINDOWS["24h"], now=NOW)
+    scope = usage.usage_for_user(user=world.app.owner)
+    report = usage.usage_report(scope=scope, window=usage.WINDOWS["24h"], now=NOW)
 
     assert len(report.buckets) == 24
     assert report.buckets[0].start == HOUR - timedelta(hours=23)
@@ -171,9 +173,9 @@ def test_daily_windows_have_one_bucket_per_day_ending_today(world):
         record(world.app, TODAY - timedelta(days=6) - timedelta(seconds=1)),  # 8th day back
         record(world.app, TODAY - timedelta(days=29)),
     )
-    records = usage.usage_for_user(user=world.app.owner)
-    week = usage.usage_report(rollups=records, window=usage.WINDOWS["7d"], now=NOW)
-    month = usage.usage_report(rollups=records, window=usage.WINDOWS["30d"], now=NOW)
+    scope = usage.usage_for_user(user=world.app.owner)
+    week = usage.usage_report(scope=scope, window=usage.WINDOWS["7d"], now=NOW)
+    month = usage.usage_report(scope=scope, window=usage.WINDOWS["30d"], now=NOW)
 
     assert [b.start for b in week.buckets] == [TODAY - timedelta(days=d) for d in range(6, -1, -1)]
     assert [b.stats.requests for b in week.buckets] == [1, 0, 0, 0, 0, 0, 1]
@@ -191,7 +193,7 @@ def test_tokens_are_summed_and_latency_is_averaged_and_maxed(world):
         record(world.app, HOUR, prompt_tokens=None, completion_tokens=None, latency_ms=2),
     )
     report = usage.usage_report(
-        rollups=usage.usage_for_user(user=world.app.owner),
+        scope=usage.usage_for_user(user=world.app.owner),
         window=usage.WINDOWS["24h"],
         now=NOW,
     )
@@ -212,7 +214,7 @@ def test_breakdown_is_per_product_and_model_and_names_deleted_products_by_id(wor
         record(world.app, HOUR, product_id=999_999, model="gone-model"),
     )
     report = usage.usage_report(
-        rollups=usage.usage_for_user(user=world.app.owner),
+        scope=usage.usage_for_user(user=world.app.owner),
         window=usage.WINDOWS["24h"],
         now=NOW,
     )
@@ -225,12 +227,45 @@ def test_breakdown_is_per_product_and_model_and_names_deleted_products_by_id(wor
     ]
 
 
+@pytest.mark.parametrize("window", ["24h", "30d"])
+def test_beyond_the_busiest_pairs_the_rest_is_one_row_with_its_sums_and_slowest_call(world, window):
+    # Pair i (product 100 + i) has i + 1 calls: pairs 5..29 are shown, 0..4 summed.
+    pairs = usage.BREAKDOWN_ROWS + 5
+    save(
+        *[
+            record(
+                world.app,
+                HOUR,
+                product_id=100 + i,
+                status=500 if n == 0 else 200,
+                latency_ms=4000.0
+                if (i, n) == (pairs - 1, 0)
+                else 5000.0
+                if (i, n) == (3, 0)
+                else 10,
+            )
+            for i in range(pairs)
+            for n in range(i + 1)
+        ]
+    )
+    report = usage.usage_report(
+        scope=usage.usage_for_user(user=world.app.owner), window=usage.WINDOWS[window], now=NOW
+    )
+    *shown, rest = report.breakdown
+    assert [row.product_id for row in shown] == [100 + i for i in range(pairs - 1, 4, -1)]
+    assert shown[0].stats.latency_max_ms == 4000.0
+    assert rest.product_name == "5 more product and model pairs (see the CSV)"
+    assert (rest.stats.requests, rest.stats.errors) == (1 + 2 + 3 + 4 + 5, 5)
+    assert rest.stats.latency_max_ms == 5000.0
+    assert rest.stats.latency_sum_ms == 5000.0 + 14 * 10
+
+
 def test_the_report_takes_three_queries_whatever_the_window(world, django_assert_num_queries):
     save(*[record(world.app, NOW - timedelta(hours=h), product_id=h % 3) for h in range(200)])
-    records = usage.usage_for_user(user=world.app.owner)
+    scope = usage.usage_for_user(user=world.app.owner)
     for window in usage.WINDOWS.values():
         with django_assert_num_queries(3):
-            usage.usage_report(rollups=records, window=window, now=NOW)
+            usage.usage_report(scope=scope, window=window, now=NOW)
 
 
 # The page: who sees what
@@ -494,8 +529,135 @@ def test_staff_csv_names_apps_that_were_deleted_by_id(client, staff, world):
     rows = csv_rows(client.get(USAGE_CSV))
     assert sorted((r["app"], r["product"]) for r in rows) == [
         ("(no app)", "(no product)"),
-        (f"app #{gone}", "(no product)"),
+        (f"deleted app #{gone}", "(no product)"),
     ]
+
+
+# Deleted apps: their calls were made and paid for, so they stay their owner's
+
+
+@pytest.mark.parametrize("window", ["24h", "7d", "30d"])
+def test_a_deleted_apps_calls_stay_on_its_owners_totals_breakdown_and_csv(
+    client, owner, outsider, staff, world, window
+):
+    chat, embed = world.chat.product.pk, world.embed.product.pk
+    save(
+        record(world.app, HOUR, product_id=chat),
+        *[record(world.other_app, HOUR, product_id=embed, model="embed-model") for _ in range(3)],
+        record(world.theirs, HOUR, product_id=chat, model="mallory-model"),
+    )
+    gone = world.other_app.pk
+    consumer_services.consumer_delete(consumer=world.other_app)
+
+    client.force_login(owner)
+    report = client.get(USAGE, {"window": window}).context["report"]
+    assert report.totals.requests == 4
+    assert {(r.product_name, r.model, r.stats.requests) for r in report.breakdown} == {
+        ("Chat", "chat-model", 1),
+        ("Embed", "embed-model", 3),
+    }
+    rows = csv_rows(client.get(USAGE_CSV, {"window": window}))
+    assert sorted((r["app_id"], r["app"], r["requests"]) for r in rows) == sorted(
+        [(str(world.app.pk), "alpha", "1"), (str(gone), f"deleted app #{gone}", "3")]
+    )
+    # Still nobody else's: not the other developer's, and staff see them as they did.
+    client.force_login(outsider)
+    assert client.get(USAGE, {"window": window}).context["report"].totals.requests == 1
+    assert "deleted app" not in b"".join(client.get(USAGE_CSV).streaming_content).decode()
+    client.force_login(staff)
+    assert client.get(USAGE, {"window": window}).context["report"].totals.requests == 5
+
+
+def test_calls_reported_after_their_app_was_deleted_have_no_owner_to_count_for(
+    client, owner, staff, world
+):
+    # The owner is stamped at ingest: a gateway's late report of a deleted app's call
+    # finds no app, hence no owner. Staff still see the call.
+    late = record(world.other_app, HOUR, product_id=world.embed.product.pk)
+    consumer_services.consumer_delete(consumer=world.other_app)
+    save(late)
+    assert UsageRecord.objects.get(event_id=late.event_id).owner_id is None
+    client.force_login(owner)
+    assert client.get(USAGE).context["report"].is_empty
+    client.force_login(staff)
+    assert client.get(USAGE).context["report"].totals.requests == 1
+
+
+def test_an_app_handed_to_another_developer_leaves_its_earlier_calls_with_the_first(
+    client, owner, outsider, staff, world
+):
+    save(record(world.app, TODAY), record(world.app, TODAY))  # the same day as HOUR
+    Consumer.objects.filter(pk=world.app.pk).update(owner=outsider)
+    save(record(world.app, HOUR))
+    for user, window, calls in [
+        (owner, "24h", 2),
+        (owner, "7d", 2),
+        (outsider, "24h", 1),
+        (outsider, "30d", 1),
+    ]:
+        client.force_login(user)
+        assert client.get(USAGE, {"window": window}).context["report"].totals.requests == calls
+    # The app is the outsider's now: its filter is theirs, and shows only their calls.
+    assert client.get(USAGE, {"app": world.app.pk}).context["report"].totals.requests == 1
+    client.force_login(owner)
+    assert client.get(USAGE, {"app": world.app.pk}).status_code == 404
+    # Staff see the app's day as one line, whoever owned it when.
+    client.force_login(staff)
+    rows = csv_rows(client.get(USAGE_CSV, {"window": "7d"}))
+    assert [(r["app"], r["requests"]) for r in rows] == [("alpha", "3")]
+
+
+# Streaming the CSV
+
+
+def test_a_long_csv_is_sent_in_several_chunks_and_adds_up(as_owner, world):
+    apps = [world.app] + [
+        Consumer.objects.create(owner=world.app.owner, name=f"app-{i}") for i in range(3)
+    ]
+    # Every call its own app, model and hour: 2,000 lines.
+    save(
+        *[
+            record(apps[i % 4], HOUR - timedelta(hours=i // 100), model=f"model-{i // 4 % 25}")
+            for i in range(2000)
+        ]
+    )
+    response = as_owner.get(USAGE_CSV, {"window": "24h"})
+    chunks = list(response.streaming_content)
+    assert len(chunks) > 2
+    rows = list(csv.DictReader(io.StringIO(b"".join(chunks).decode())))
+    assert len(rows) == 2000 > CSV_CHUNK_LINES
+    assert sum(int(r["requests"]) for r in rows) == 2000
+    assert [r["bucket_start"] for r in rows] == sorted(r["bucket_start"] for r in rows)
+
+
+def test_a_download_stopped_halfway_ends_its_read_at_once(as_owner, world):
+    save(
+        *[record(world.app, HOUR - timedelta(hours=i // 100), model=f"m-{i}") for i in range(2000)]
+    )
+    depth = len(connection.savepoint_ids)
+    response = as_owner.get(USAGE_CSV, {"window": "24h"})
+    assert next(iter(response.streaming_content)).startswith(b"bucket_start,")
+    assert len(connection.savepoint_ids) == depth + 1  # the rows are being read
+    response.close()  # what a server does when the client goes away
+    assert len(connection.savepoint_ids) == depth
+
+
+def test_under_asgi_the_csv_streams_without_reading_it_all_first(as_owner, owner, world):
+    # Django reads a synchronous iterator to its end before sending a byte over ASGI,
+    # with a warning (an error in these tests): the view hands ASGI an async one, whose
+    # chunks are made in the request's thread (here the test's, by async_to_sync).
+    save(*[record(world.app, HOUR - timedelta(hours=i % 24)) for i in range(50)])
+    request = AsyncRequestFactory().get(USAGE_CSV, {"window": "24h"})
+    request.user = owner
+    response = usage_csv(request)  # type: ignore[arg-type]  # an ASGIRequest with a user
+    assert response.is_async
+
+    async def body() -> bytes:
+        return b"".join([chunk async for chunk in response])
+
+    streamed = async_to_sync(body)().decode()
+    assert streamed == b"".join(as_owner.get(USAGE_CSV, {"window": "24h"})).decode()
+    assert sum(int(r["requests"]) for r in csv.DictReader(io.StringIO(streamed))) == 50
 
 
 # Query counts

@@ -23,12 +23,20 @@ from django.urls import reverse
 from django.utils import timezone
 
 from consumers import usage
-from consumers.models import Consumer, UsageHourly, UsageRecord
+from consumers.models import (
+    Consumer,
+    UsageDaily,
+    UsageHourly,
+    UsageOwnerDays,
+    UsageOwnerHourly,
+    UsageRecord,
+)
 from consumers.services import usage_hourly_rebuild, usage_records_ingest
 from gateway import schema
 from tests.conftest import Catalog, make_catalog, make_subscribed_app, run_in_thread
 
-Key = tuple[datetime, int, int, str]
+Key = tuple[datetime, int, int, int, str]
+DayKey = tuple[datetime, int, int, int, str]
 Sums = tuple[int, int, int, int, float, float]
 
 
@@ -56,45 +64,115 @@ def random_events(
     return events
 
 
+def _sum_into(truth: dict[Any, list[Any]], key: Any, r: UsageRecord) -> None:
+    row = truth.setdefault(key, [0, 0, 0, 0, 0.0, r.latency_ms])
+    row[0] += 1
+    row[1] += r.status >= 400
+    row[2] += r.prompt_tokens or 0
+    row[3] += r.completion_tokens or 0
+    row[4] += r.latency_ms
+    row[5] = max(row[5], r.latency_ms)
+
+
 def raw_truth() -> dict[Key, Sums]:
-    """The raw records summed per hour, app, product and model (0 for "none")."""
-    truth: dict[Key, list[Any]] = {}
+    """The raw records summed per hour, app, owner, product and model (0 for "none")."""
+    truth: dict[Any, list[Any]] = {}
     for r in UsageRecord.objects.all():
-        ts = r.ts.astimezone(UTC)
-        key = (
-            ts.replace(minute=0, second=0, microsecond=0),
-            r.consumer_id or 0,
-            r.product_id or 0,
-            r.model,
-        )
-        row = truth.setdefault(key, [0, 0, 0, 0, 0.0, r.latency_ms])
-        row[0] += 1
-        row[1] += r.status >= 400
-        row[2] += r.prompt_tokens or 0
-        row[3] += r.completion_tokens or 0
-        row[4] += r.latency_ms
-        row[5] = max(row[5], r.latency_ms)
+        hour = r.ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        key = (hour, r.consumer_id or 0, r.owner_id or 0, r.product_id or 0, r.model)
+        _sum_into(truth, key, r)
+    return {key: tuple(row) for key, row in truth.items()}
+
+
+def raw_daily_truth() -> dict[Key, Sums]:
+    """The raw records summed per day, app, owner, product and model (0 for "none")."""
+    truth: dict[Any, list[Any]] = {}
+    for r in UsageRecord.objects.all():
+        day = r.ts.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        key = (day, r.consumer_id or 0, r.owner_id or 0, r.product_id or 0, r.model)
+        _sum_into(truth, key, r)
+    return {key: tuple(row) for key, row in truth.items()}
+
+
+def raw_days_truth() -> dict[DayKey, Sums]:
+    """The raw records summed per day and per ISO week (a Monday), owner, product and
+    model (0 for "none")."""
+    truth: dict[Any, list[Any]] = {}
+    for r in UsageRecord.objects.all():
+        day = r.ts.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        monday = day - timedelta(days=day.weekday())
+        pair = (r.owner_id or 0, r.product_id or 0, r.model)
+        _sum_into(truth, (day, 1, *pair), r)
+        _sum_into(truth, (monday, 7, *pair), r)
+    return {key: tuple(row) for key, row in truth.items()}
+
+
+def _sums(row: UsageHourly | UsageDaily | UsageOwnerHourly | UsageOwnerDays) -> Sums:
+    return (
+        row.requests,
+        row.errors,
+        row.prompt_tokens,
+        row.completion_tokens,
+        row.latency_sum_ms,
+        row.latency_max_ms,
+    )
+
+
+def raw_owner_hourly_truth() -> dict[tuple[datetime, int], Sums]:
+    """The raw records summed per hour and owner (0 for "none")."""
+    truth: dict[Any, list[Any]] = {}
+    for r in UsageRecord.objects.all():
+        hour = r.ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        _sum_into(truth, (hour, r.owner_id or 0), r)
     return {key: tuple(row) for key, row in truth.items()}
 
 
 def rollups() -> dict[Key, Sums]:
     return {
-        (h.hour.astimezone(UTC), h.consumer_id, h.product_id, h.model): (
-            h.requests,
-            h.errors,
-            h.prompt_tokens,
-            h.completion_tokens,
-            h.latency_sum_ms,
-            h.latency_max_ms,
-        )
+        (h.hour.astimezone(UTC), h.consumer_id, h.owner_id, h.product_id, h.model): _sums(h)
         for h in UsageHourly.objects.all()
     }
 
 
-def test_rollups_equal_the_raw_records_after_random_batches_and_redeliveries(db):
+def daily_rollups() -> dict[Key, Sums]:
+    return {
+        (d.day.astimezone(UTC), d.consumer_id, d.owner_id, d.product_id, d.model): _sums(d)
+        for d in UsageDaily.objects.all()
+    }
+
+
+def days_rollups() -> dict[DayKey, Sums]:
+    return {
+        (d.start.astimezone(UTC), d.days, d.owner_id, d.product_id, d.model): _sums(d)
+        for d in UsageOwnerDays.objects.all()
+    }
+
+
+def owner_hourly_rollups() -> dict[tuple[datetime, int], Sums]:
+    return {(o.hour.astimezone(UTC), o.owner_id): _sums(o) for o in UsageOwnerHourly.objects.all()}
+
+
+def assert_rollups_are_the_raw_records() -> None:
+    assert rollups() == raw_truth()
+    # Float sums in another order are exact here: latencies are multiples of 0.5 ms.
+    assert daily_rollups() == raw_daily_truth()
+    assert owner_hourly_rollups() == raw_owner_hourly_truth()
+    assert days_rollups() == raw_days_truth()
+
+
+def test_rollups_equal_the_raw_records_after_random_batches_and_redeliveries(
+    owner: User, outsider: User
+):
     rnd = random.Random(7)
     now = timezone.now()
-    events = random_events(rnd, 600, apps=[11, 12, 13], products=[1, 2], now=now)
+    # Apps of two owners, and one that is gone (its calls have no owner).
+    apps = [
+        Consumer.objects.create(owner=owner, name="alpha").pk,
+        Consumer.objects.create(owner=owner, name="beta").pk,
+        Consumer.objects.create(owner=outsider, name="mallory-bot").pk,
+        999_999,
+    ]
+    events = random_events(rnd, 600, apps=apps, products=[1, 2], now=now)
     delivered: set[str] = set()
     for _ in range(25):
         # A batch mixes new events, events already stored, and repeats within itself.
@@ -104,14 +182,14 @@ def test_rollups_equal_the_raw_records_after_random_batches_and_redeliveries(db)
         new = {e.id for e in batch} - delivered
         assert usage_records_ingest(events=batch) == len(new)
         delivered |= new
-        assert rollups() == raw_truth()
+        assert_rollups_are_the_raw_records()
     # Every event once more, in one batch: nothing changes.
     before = rollups()
     assert usage_records_ingest(events=events) == len(events) - len(delivered)
     assert UsageRecord.objects.count() == len(events)
     assert sum(row[0] for row in rollups().values()) == len(events)
     assert usage_records_ingest(events=events) == 0
-    assert rollups() == raw_truth()
+    assert_rollups_are_the_raw_records()
     assert set(before) <= set(rollups())
 
 
@@ -141,8 +219,8 @@ def test_a_redelivered_event_with_other_numbers_is_not_counted_again(db):
 
 
 def test_an_ingest_takes_the_same_queries_for_ten_or_five_hundred_events(db):
-    # Per batch: the insert, the rollup upsert, the keys' last-used lookup and an update
-    # per key used; no query per event or per rollup row.
+    # Per batch: the apps' owners, the insert, the two rollup upserts, the keys' last-used
+    # lookup and an update per key used; no query per event or per rollup row.
     rnd = random.Random(13)
     now = timezone.now()
     counts = []
@@ -180,7 +258,7 @@ def test_concurrent_ingests_of_overlapping_batches_count_each_event_once(transac
     distinct = UsageRecord.objects.count()
     assert sum(stored) == distinct  # each insert reported by exactly one ingest
     assert sum(row[0] for row in rollups().values()) == distinct
-    assert rollups() == raw_truth()
+    assert_rollups_are_the_raw_records()
 
 
 # The dashboards read the rollups and show the raw records' numbers.
@@ -250,6 +328,27 @@ def test_the_page_shows_the_numbers_of_the_raw_records(client: Client, owner, bu
         assert data["errors"] == [s[1] for s in series]
 
 
+@pytest.mark.parametrize("days_later", range(7))
+def test_a_windows_breakdown_adds_its_whole_weeks_and_the_days_around_them_exactly(
+    owner: User, days_later: int
+):
+    # Each weekday for "now": the 30-day window starts and ends at every place in a week.
+    app = Consumer.objects.create(owner=owner, name="alpha")
+    now = timezone.now() + timedelta(days=days_later)
+    usage_records_ingest(
+        events=random_events(
+            random.Random(days_later), 400, apps=[app.pk], products=[1, 2], now=now
+        )
+    )
+    for window in (usage.WINDOWS["7d"], usage.WINDOWS["30d"]):
+        report = usage.usage_report(scope=usage.usage_for_user(user=owner), window=window, now=now)
+        series, pairs = _truth_report(window, now, {app.pk})
+        assert {
+            (row.product_id, row.model): row.stats.requests for row in report.breakdown
+        } == pairs
+        assert report.totals.requests == sum(s[0] for s in series)
+
+
 def test_the_page_latency_is_the_raw_records_average_and_maximum(client: Client, owner, busy):
     mine, also_mine, _, _ = busy
     client.force_login(owner)
@@ -282,13 +381,15 @@ def test_rebuild_recomputes_rollups_of_records_stored_without_ingest(db):
     rnd = random.Random(5)
     now = timezone.now()
     usage_records_ingest(events=random_events(rnd, 200, apps=[1, 2], products=[1], now=now))
-    # A bulk load that bypassed the ingest service, and a damaged rollup row.
+    # A bulk load that bypassed the ingest service, and a damaged rollup row. The
+    # records' owner (an app since deleted) is what the rebuilt rollups must keep.
     UsageRecord.objects.bulk_create(
         UsageRecord(
             event_id=f"bulk-{i:04d}",
             request_id="r",
             ts=now - timedelta(hours=i),
             consumer_id=3,
+            owner_id=42,
             product_id=None,
             status=200,
             latency_ms=1.5,
@@ -300,32 +401,40 @@ def test_rebuild_recomputes_rollups_of_records_stored_without_ingest(db):
     )
     assert rollups() != raw_truth()
     usage_hourly_rebuild()
-    assert rollups() == raw_truth()
+    assert_rollups_are_the_raw_records()
+    assert UsageOwnerDays.objects.filter(owner_id=42).exists()
     # From a point in time: older hours are left as they are.
     UsageRecord.objects.filter(event_id="bulk-0000").delete()
     usage_hourly_rebuild(since=now - timedelta(minutes=1))
-    assert rollups() == raw_truth()
+    assert_rollups_are_the_raw_records()
     # Ingests after a rebuild add to the rebuilt rows (the same hours, the same keys).
     usage_records_ingest(events=random_events(rnd, 200, apps=[1, 2, 3], products=[1], now=now))
-    assert rollups() == raw_truth()
+    assert_rollups_are_the_raw_records()
 
 
-def test_the_backfill_migration_fills_rollups_from_existing_records(transactional_db):
+def test_the_backfill_migrations_fill_rollups_and_owners_from_existing_records(
+    transactional_db, owner: User, outsider: User
+):
     executor = MigrationExecutor(connection)
-    before, after = (
-        [("consumers", "0004_usage_hourly")],
-        [("consumers", "0005_usage_hourly_backfill")],
-    )
+    before = [("consumers", "0004_usage_hourly")]
     executor.migrate(before)
-    UsageHourly.objects.all().delete()  # as if 0004 had just created the table
+    # The models as they were then: the records had no owner yet.
+    old = executor.loader.project_state(before).apps
+    OldConsumer = old.get_model("consumers", "Consumer")
+    OldUsageRecord = old.get_model("consumers", "UsageRecord")
+    OldUsageHourly = old.get_model("consumers", "UsageHourly")
+    OldUsageHourly.objects.all().delete()  # as if 0004 had just created the table
+    mine = OldConsumer.objects.create(owner_id=owner.pk, name="alpha").pk
+    theirs = OldConsumer.objects.create(owner_id=outsider.pk, name="mallory-bot").pk
+    gone = theirs + 1000  # deleted before the migration: nobody's any more
     rnd = random.Random(9)
     now = timezone.now()
-    records = [
-        UsageRecord(
+    OldUsageRecord.objects.bulk_create(
+        OldUsageRecord(
             event_id=f"old-{i:05d}",
             request_id="r",
             ts=now - timedelta(seconds=rnd.uniform(0, 40 * 86400)),  # more than one pass
-            consumer_id=rnd.choice([1, 2, None]),
+            consumer_id=rnd.choice([mine, theirs, gone, None]),
             product_id=rnd.choice([1, None]),
             model=rnd.choice(["", "m"]),
             status=rnd.choice([200, 404, 500]),
@@ -334,14 +443,20 @@ def test_the_backfill_migration_fills_rollups_from_existing_records(transactiona
             completion_tokens=rnd.choice([None, 4]),
         )
         for i in range(500)
-    ]
-    UsageRecord.objects.bulk_create(records)
-    assert not UsageHourly.objects.exists()
+    )
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
-    executor.migrate(after)
-    assert rollups() == raw_truth()
+    executor.migrate(executor.loader.graph.leaf_nodes("consumers"))
+
+    owners = dict(UsageRecord.objects.values_list("consumer_id", "owner_id").distinct())
+    assert owners == {mine: owner.pk, theirs: outsider.pk, gone: None, None: None}
+    assert_rollups_are_the_raw_records()
     assert sum(row[0] for row in rollups().values()) == 500
+    month = usage.usage_report(scope=usage.usage_for_user(user=owner), window=usage.WINDOWS["30d"])
+    start = month.start
+    assert (
+        month.totals.requests == UsageRecord.objects.filter(consumer_id=mine, ts__gte=start).count()
+    )
     # Ingests after the backfill add to the backfilled rows.
     usage_records_ingest(
         events=[
@@ -355,8 +470,8 @@ def test_the_backfill_migration_fills_rollups_from_existing_records(transactiona
                 product=r.product_id,
                 model=r.model,
             )
-            for i, r in enumerate(records[:100])
+            for i, r in enumerate(UsageRecord.objects.order_by("event_id")[:100])
         ]
     )
-    assert rollups() == raw_truth()
+    assert_rollups_are_the_raw_records()
     assert sum(row[0] for row in rollups().values()) == 600
