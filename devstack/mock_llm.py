@@ -41,13 +41,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import hashlib
 import itertools
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +53,7 @@ import uvicorn
 
 from devstack.fakes import script
 from devstack.fakes._asgi import read_body
+from devstack.fakes.script import Knobs, knobs_for
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,7 +65,6 @@ _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-_KNOB = re.compile(r"(stream-delay|delay|error|chunks|break)-(\d+)")
 _DONE = b"data: [DONE]\n\n"
 _MODELS = orjson.dumps(
     {
@@ -78,34 +75,6 @@ _MODELS = orjson.dumps(
         ],
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Knobs:
-    """Behaviour selected by a model name."""
-
-    delay: float = 0.0
-    error: int | None = None
-    chunks: int | None = None
-    stream_delay: float = 0.0
-    echo_key: bool = False
-    break_after: int | None = None
-    context: bool = False
-
-
-@functools.lru_cache(maxsize=1024)
-def knobs_for(model: str) -> Knobs:
-    """Parse the knobs out of a model name (cached: benchmarks repeat the same names)."""
-    values: dict[str, int] = {name: int(number) for name, number in _KNOB.findall(model)}
-    return Knobs(
-        delay=values.get("delay", 0) / 1000.0,
-        error=values.get("error"),
-        chunks=values.get("chunks"),
-        stream_delay=values.get("stream-delay", 0) / 1000.0,
-        echo_key="echo-key" in model,
-        break_after=values.get("break"),
-        context="context" in model,
-    )
 
 
 def _error(status: int, echoed: str | None = None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -138,10 +107,6 @@ def _text_of(content: object) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
-
-
-def _words(text: str) -> int:
-    return len(text.split())
 
 
 def _model_of(raw: bytes) -> str | None:
@@ -441,7 +406,7 @@ class MockLLM:
             }
             for index, text in enumerate(texts)
         ]
-        tokens = sum(_words(text) for text in texts)
+        tokens = sum(script.words(text) for text in texts)
         answer = {
             "object": "list",
             "data": data,

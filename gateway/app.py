@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -70,6 +70,7 @@ class Call:
         "credential",
         "model",
         "outcome",
+        "pin",
         "product",
         "protocol",
         "request_id",
@@ -93,6 +94,7 @@ class Call:
         self.stream = False
         self.outcome = Outcome()
         self.protocol = "openai"  # the error format: "openai" or "anthropic"
+        self.pin: str | None = None  # x-portico-upstream: the one upstream to use
 
 
 class Gateway:
@@ -207,9 +209,7 @@ class Gateway:
         if path.startswith("/v1/"):
             await self._api(scope, receive, send, path)
             return
-        request_id = _request_id(
-            next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
-        )
+        request_id = _request_id(_header(scope, b"x-request-id"))
         if scope["method"] == "GET" and path == "/healthz":
             await send_body(send, 200, b'{"status":"ok"}', request_id.encode())
         elif scope["method"] == "GET" and path == "/readyz":
@@ -227,6 +227,7 @@ class Gateway:
         alt_key: bytes | None = None
         client_id: bytes | None = None
         declared: bytes | None = None
+        pin: bytes | None = None
         # One pass over the headers collects all the request path needs.
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -238,7 +239,11 @@ class Gateway:
                 client_id = value
             elif name == b"content-length":
                 declared = value
+            elif name == b"x-portico-upstream":
+                pin = value
         call = Call(_request_id(client_id))
+        if pin is not None:
+            call.pin = pin.decode("latin-1")
         method = scope["method"]
         try:
             model_api = _MODEL_APIS.get(path) if method == "POST" else None
@@ -246,10 +251,10 @@ class Gateway:
                 call.route, call.protocol, parse = model_api
                 if call.protocol == "anthropic":  # Anthropic's SDKs send x-api-key
                     key, alt_key = alt_key, key
-                await self._model_call(call, scope, key or alt_key, declared, receive, send, parse)
+                await self._model_call(call, key or alt_key, declared, receive, send, parse)
             elif path == "/v1/embeddings" and method == "POST":
                 call.route = "embeddings"
-                await self._embeddings(call, scope, key or alt_key, declared, receive, send)
+                await self._embeddings(call, key or alt_key, declared, receive, send)
             elif path == "/v1/models" and method == "GET":
                 call.route = "models"
                 await self._models(call, key or alt_key, send)
@@ -339,7 +344,6 @@ class Gateway:
     async def _model_call(
         self,
         call: Call,
-        scope: Scope,
         key: bytes | None,
         declared: bytes | None,
         receive: Receive,
@@ -354,7 +358,7 @@ class Gateway:
         request = parsed.request
         route, subscription = self._route(call, revision, consumer, request["model"], "chat")
         call.stream = request.get("stream") is True
-        decision = await self._acquire(subscription, _estimate(request, parsed.raw))
+        decision = await self._acquire(subscription, lambda: _estimate(request, parsed.raw))
         upstreams = self._upstreams()
         outcome = call.outcome
         try:
@@ -367,7 +371,7 @@ class Gateway:
                 client=parsed.client,
                 stream=call.stream,
                 include_usage=parsed.include_usage,
-                pin=_header(scope, b"x-portico-upstream"),
+                pin=call.pin,
                 outcome=outcome,
                 request_id=call.request_id,
                 extra_headers=self._headers_for(call, decision),
@@ -380,8 +384,10 @@ class Gateway:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The Realtime API (``/v1/realtime?model=...``), relayed to an OpenAI-wire target."""
-        call = Call(_request_id(_header(scope, b"x-request-id", raw=True)))
+        call = Call(_request_id(_header(scope, b"x-request-id")))
         call.route, call.stream = "realtime", True
+        pin = _header(scope, b"x-portico-upstream")
+        call.pin = pin.decode("latin-1") if pin is not None else None
         decision: Decision | None = None
         try:
             if scope["path"] != "/v1/realtime":
@@ -392,7 +398,7 @@ class Gateway:
                 raise _param_error("model", "a model name in the query string (?model=...)")
             route, subscription = self._route(call, revision, consumer, model, "chat")
             planned = next(
-                self.router.plan(route, revision.models, pin=_header(scope, b"x-portico-upstream")),
+                self.router.plan(route, revision.models, pin=call.pin),
                 None,
             )
             if planned is None or planned.target.upstream.vendor not in _REALTIME_VENDORS:
@@ -402,7 +408,7 @@ class Gateway:
                     code="model_not_supported",
                     param="model",
                 )
-            decision = await self._acquire(subscription, 1)
+            decision = await self._acquire(subscription, lambda: 1)
             upstreams = self._upstreams()
             prepared = upstreams.prepared.get(revision.models, planned, "realtime")
             call.status = await realtime.relay(
@@ -439,7 +445,6 @@ class Gateway:
     async def _embeddings(
         self,
         call: Call,
-        scope: Scope,
         key: bytes | None,
         declared: bytes | None,
         receive: Receive,
@@ -455,7 +460,7 @@ class Gateway:
         if not (isinstance(given, str) or (isinstance(given, list) and given)):
             raise _param_error("input", "a string or a non-empty list")
         route, subscription = self._route(call, revision, consumer, model, "embeddings")
-        decision = await self._acquire(subscription, len(body) // 4 + 1)
+        decision = await self._acquire(subscription, lambda: len(body) // 4 + 1)
         try:
             await serve_embeddings(
                 self._upstreams(),
@@ -463,7 +468,7 @@ class Gateway:
                 route,
                 request=request,
                 body=body,
-                pin=_header(scope, b"x-portico-upstream"),
+                pin=call.pin,
                 outcome=call.outcome,
                 extra_headers=self._headers_for(call, decision),
                 send=send,
@@ -514,12 +519,18 @@ class Gateway:
             )
         return route, subscription
 
-    async def _acquire(self, subscription: Subscription, estimate: int) -> Decision | None:
-        """Count the call against the subscription's plan; raises 429 when over a limit."""
+    async def _acquire(
+        self, subscription: Subscription, estimate: Callable[[], int]
+    ) -> Decision | None:
+        """Count the call against the subscription's plan; raises 429 when over a limit.
+
+        ``estimate`` gives the tokens to reserve; it is only worked out when the plan
+        has limits, which most calls' plans do not.
+        """
         limits = self._limits_of(subscription.plan)
         if limits is None:
             return None
-        decision = await self.limiter.acquire(str(subscription.id), limits, estimate)
+        decision = await self.limiter.acquire(str(subscription.id), limits, estimate())
         if not decision.allowed:
             name = (decision.limit_name or "rate_limit").replace("_", " ")
             wait = (
@@ -527,17 +538,16 @@ class Gateway:
                 if decision.retry_after is not None
                 else " The quota does not renew; ask the portal's administrators for more."
             )
-            quota = decision.limit_name == "token_quota"
+            if decision.limit_name == "token_quota":
+                kind, code, what = "insufficient_quota", "insufficient_quota", "Quota"
+            else:
+                kind = "requests" if "request" in name else "tokens"
+                code, what = "rate_limit_exceeded", "Rate limit"
             raise ApiError(
                 429,
-                f"{'Quota' if quota else 'Rate limit'} reached: your subscription's plan "
-                f"allows no more ({name}).{wait}",
-                type="insufficient_quota"
-                if quota
-                else "requests"
-                if "request" in name
-                else "tokens",
-                code="insufficient_quota" if quota else "rate_limit_exceeded",
+                f"{what} reached: your subscription's plan allows no more ({name}).{wait}",
+                type=kind,
+                code=code,
                 headers=decision.headers,
             )
         return decision
@@ -725,18 +735,11 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return request
 
 
-@overload
-def _header(scope: Scope, name: bytes) -> str | None: ...
-
-
-@overload
-def _header(scope: Scope, name: bytes, *, raw: Literal[True]) -> bytes | None: ...
-
-
-def _header(scope: Scope, name: bytes, *, raw: bool = False) -> str | bytes | None:
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """One header's value, for the paths that need only one or two (not ``/v1/``)."""
     for key, value in scope["headers"]:
         if key == name:
-            return bytes(value) if raw else value.decode("latin-1")
+            return bytes(value)
     return None
 
 

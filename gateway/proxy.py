@@ -50,7 +50,7 @@ from gateway.providers.base import (
     UpstreamFailure,
 )
 from gateway.providers.openai import OpenAIWire
-from gateway.responses import ApiError
+from gateway.responses import ApiError, error_body
 from gateway.routing import Attempt, Route, Router, RouteTarget
 from gateway.types import Headers, Receive, Send
 
@@ -63,8 +63,6 @@ _SSE_HEADERS_BASE: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-# Relayed from upstream 4xx answers so that clients can back off as the vendor asks.
-_RELAYED_ERROR_HEADERS = ("Retry-After",)
 # At most this many attempts per call, whatever the plan holds.
 MAX_ATTEMPTS = 6
 # Backoff before the one retry of a target after a server error or connection failure.
@@ -212,16 +210,13 @@ class OpenAIStream:
         return b"data: [DONE]\n\n"
 
     def error(self, status: int, message: str, code: str, request_id: str) -> bytes:
-        body = {
-            "error": {
-                "message": message,
-                "type": "upstream_error",
-                "param": None,
-                "code": code,
-                "request_id": request_id,
-            }
-        }
-        return b"data: " + orjson.dumps(body) + b"\n\n"
+        return _sse_error(status, message, code, request_id)
+
+
+def _sse_error(status: int, message: str, code: str, request_id: str) -> bytes:
+    # Headers are gone by now, so the failure is told in the stream itself, as OpenAI does.
+    err = ApiError(status, message, type="upstream_error", code=code)
+    return b"data: " + error_body(err, request_id) + b"\n\n"
 
 
 OPENAI_CLIENT = OpenAIClient()
@@ -383,7 +378,7 @@ async def _walk(
                 outcome.target = current.target.label
                 return
             finally:
-                router.finished(current, started)
+                router.finished(current)
                 outcome.upstream_seconds += time.perf_counter() - started
         if tries >= MAX_ATTEMPTS or time.monotonic() >= deadline:
             break
@@ -818,9 +813,7 @@ async def _relay_stream(
     except (aiohttp.ClientError, TimeoutError) as exc:
         if not state.disconnected:
             status = 504 if isinstance(exc, TimeoutError) else 502
-            pending += OpenAIStream("", True).error(
-                status, *_break_message(status), request_id.decode()
-            )
+            pending += _sse_error(status, *_break_message(status), request_id.decode())
     finally:
         await _stop(watcher)
     if state.disconnected:
@@ -849,30 +842,27 @@ async def _relay_converted(
     status = 200
     tail = b""
     try:
-        chunks = first
+        chunks, ended = first, False
         while True:
             for chunk in chunks:
-                if "usage" in chunk and isinstance(chunk["usage"], dict):
-                    tokens.read(chunk["usage"])
+                usage = chunk.get("usage")
+                if isinstance(usage, dict):
+                    tokens.read(usage)
             out = encoder.encode(chunks)
+            if ended:
+                tail = out + encoder.finish()
+                break
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
             piece = await response.content.readany()
-            if not piece and response.content.at_eof():
-                chunks = decoder.close()
-                for chunk in chunks:
-                    if isinstance(chunk.get("usage"), dict):
-                        tokens.read(chunk["usage"])
-                tail = encoder.encode(chunks) + encoder.finish()
-                break
-            chunks = decoder.feed(piece)
-    except UpstreamFailure as failure:
+            ended = not piece and response.content.at_eof()
+            chunks = decoder.close() if ended else decoder.feed(piece)
+    except (UpstreamFailure, aiohttp.ClientError, TimeoutError) as exc:
         if not state.disconnected:
-            status = 504 if failure.kind is FailureKind.TIMEOUT else 502
-            tail = encoder.error(status, *_break_message(status), request_id)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        if not state.disconnected:
-            status = 504 if isinstance(exc, TimeoutError) else 502
+            timed_out = isinstance(exc, TimeoutError) or (
+                isinstance(exc, UpstreamFailure) and exc.kind is FailureKind.TIMEOUT
+            )
+            status = 504 if timed_out else 502
             tail = encoder.error(status, *_break_message(status), request_id)
     finally:
         await _stop(watcher)

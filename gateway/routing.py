@@ -286,7 +286,7 @@ class Router:
         self.state(attempt.target).in_flight += 1
         return time.perf_counter()
 
-    def finished(self, attempt: Attempt, started: float) -> None:
+    def finished(self, attempt: Attempt) -> None:
         self.state(attempt.target).in_flight -= 1
 
     def succeeded(self, attempt: Attempt, started: float) -> None:

@@ -14,7 +14,8 @@ follows the same script for the OpenAI wire format) and by the conversation:
   (answer with that status in the vendor's error format; 429 adds ``retry-after: 1``),
   ``context`` (the vendor's own "prompt too long" error), ``break-<n>`` (stream ``n``
   chunks, then drop the connection without finishing), ``stream-delay-<ms>`` (between
-  chunks), ``chunks-<n>``.
+  chunks), ``chunks-<n>``, ``echo-key`` (error messages quote the credential received,
+  as some vendors' do).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Knobs:
     stream_delay: float = 0.0
     break_after: int | None = None
     context: bool = False
+    echo_key: bool = False  # error messages quote the credential received
 
 
 @functools.lru_cache(maxsize=1024)
@@ -46,6 +48,7 @@ def knobs_for(model: str) -> Knobs:
         stream_delay=values.get("stream-delay", 0) / 1000.0,
         break_after=values.get("break"),
         context="context" in model,
+        echo_key="echo-key" in model,
     )
 
 

@@ -532,6 +532,39 @@ class SseEvents:
         return [found] if found else []
 
 
+class SseDecoder:
+    """Base of the stream decoders of vendors that send server-sent events.
+
+    Hands each event's data to :meth:`_event`, which appends the chunks it makes;
+    :meth:`_end` runs once the body is over, to check the stream was complete (raising
+    :class:`UpstreamFailure` when not) and to add any last chunk.
+    """
+
+    __slots__ = ("_events",)
+
+    def __init__(self) -> None:
+        self._events = SseEvents()
+
+    def feed(self, data: bytes) -> list[Json]:
+        chunks: list[Json] = []
+        for event in self._events.feed(data):
+            self._event(event, chunks)
+        return chunks
+
+    def close(self) -> list[Json]:
+        chunks: list[Json] = []
+        for event in self._events.close():
+            self._event(event, chunks)
+        self._end(chunks)
+        return chunks
+
+    def _event(self, data: bytes, chunks: list[Json]) -> None:
+        raise NotImplementedError
+
+    def _end(self, chunks: list[Json]) -> None:
+        raise NotImplementedError
+
+
 def _data(event: bytes) -> bytes:
     return b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
 

@@ -47,7 +47,7 @@ from typing import Any
 import orjson
 
 from gateway.anthropic import tool_input
-from gateway.providers._convert import SseEvents, json_object
+from gateway.providers._convert import SseDecoder, json_object
 from gateway.providers.base import (
     Endpoint,
     FailureKind,
@@ -645,7 +645,7 @@ def _tool_choice(choice: object) -> Json:
 # Streams -------------------------------------------------------------------------------
 
 
-class MessageEvents:
+class MessageEvents(SseDecoder):
     """Anthropic's streamed events, parsed into OpenAI chunk dicts.
 
     ``message_start`` gives the input usage; the first chunk (the assistant role) goes
@@ -658,33 +658,23 @@ class MessageEvents:
     CRLF line ends are accepted (the framing is ``_convert.SseEvents``).
     """
 
-    __slots__ = ("_created", "_done", "_events", "_id", "_model", "_spoke", "_tools", "_usage")
+    __slots__ = ("_created", "_done", "_id", "_model", "_spoke", "_tools", "_usage")
 
     def __init__(self, model: str) -> None:
         self._model = model
         self._created = int(time.time())
         self._id = ""
         self._spoke = False  # whether the role chunk went out
-        self._events = SseEvents()
+        super().__init__()
         self._tools: dict[int, int] = {}  # content block index -> tool call index
         self._usage: dict[str, int] = {}
         self._done = False
 
-    def feed(self, data: bytes) -> list[Json]:
-        chunks: list[Json] = []
-        for event in self._events.feed(data):
-            self._event(event, chunks)
-        return chunks
-
-    def close(self) -> list[Json]:
-        chunks: list[Json] = []
-        for event in self._events.close():
-            self._event(event, chunks)
+    def _end(self, chunks: list[Json]) -> None:
         if not self._done:
             raise UpstreamFailure(
                 FailureKind.SERVER, "Anthropic's stream ended early, before message_stop."
             )
-        return chunks
 
     def _event(self, data: bytes, chunks: list[Json]) -> None:
         if self._done:

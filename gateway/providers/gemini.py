@@ -416,7 +416,7 @@ def _usage(answer: Json) -> Json | None:
     )
 
 
-class GeminiStream:
+class GeminiStream(convert.SseDecoder):
     """``streamGenerateContent?alt=sse`` events → chunks (see :class:`StreamDecoder`).
 
     Every event is a whole ``GenerateContentResponse`` holding the next parts. The
@@ -425,30 +425,20 @@ class GeminiStream:
     event holding an ``error`` object.
     """
 
-    __slots__ = ("_calls", "_chunks", "_events", "_finished", "_usage")
+    __slots__ = ("_calls", "_chunks", "_finished", "_usage")
 
     def __init__(self, model: str) -> None:
+        super().__init__()
         self._chunks = convert.Chunks(model)
-        self._events = convert.SseEvents()
         self._calls: dict[int, int] = {}  # candidate -> tool calls so far
         self._finished: set[int] = set()
         self._usage: Json | None = None
 
-    def feed(self, data: bytes) -> list[Json]:
-        chunks: list[Json] = []
-        for event in self._events.feed(data):
-            self._event(event, chunks)
-        return chunks
-
-    def close(self) -> list[Json]:
-        chunks: list[Json] = []
-        for event in self._events.close():
-            self._event(event, chunks)
+    def _end(self, chunks: list[Json]) -> None:
         if not self._finished or any(index not in self._finished for index in self._calls):
             raise convert.broke_off()
         if self._usage is not None:
             chunks.append(self._chunks.usage(self._usage))
-        return chunks
 
     def _event(self, data: bytes, chunks: list[Json]) -> None:
         answer = convert.json_object(data)

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import orjson
 
-from gateway.providers._convert import SseEvents, json_object
+from gateway.providers._convert import SseDecoder, json_object
 from gateway.providers.base import (
     Endpoint,
     FailureKind,
@@ -148,41 +148,33 @@ def openai_failure(status: int, payload: bytes, headers: Mapping[str, str]) -> U
     )
 
 
-class SseChunks:
+class SseChunks(SseDecoder):
     """OpenAI's own stream format, parsed into chunk dicts (for the converted paths)."""
 
-    __slots__ = ("_done", "_events")
+    __slots__ = ("_done",)
 
     def __init__(self) -> None:
-        self._events = SseEvents()
+        super().__init__()
         self._done = False
 
-    def feed(self, data: bytes) -> list[Json]:
-        return self._chunks(self._events.feed(data))
-
-    def close(self) -> list[Json]:
-        chunks = self._chunks(self._events.close())
+    def _end(self, chunks: list[Json]) -> None:
         if not self._done:
             raise UpstreamFailure(FailureKind.SERVER, "The upstream broke off the stream.")
-        return chunks
 
-    def _chunks(self, events: list[bytes]) -> list[Json]:
-        chunks: list[Json] = []
-        for data in events:
-            if data == b"[DONE]":
-                self._done = True
-                continue
-            chunk = json_object(data)
-            if chunk is None:
-                continue
-            if "error" in chunk and "choices" not in chunk:
-                error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                message = error.get("message") or "The upstream reported an error mid-stream."
-                raise UpstreamFailure(FailureKind.SERVER, str(message)[:_MAX_MESSAGE])
-            if not isinstance(chunk.get("choices"), list):
-                chunk["choices"] = []
-            chunks.append(chunk)
-        return chunks
+    def _event(self, data: bytes, chunks: list[Json]) -> None:
+        if data == b"[DONE]":
+            self._done = True
+            return
+        chunk = json_object(data)
+        if chunk is None:
+            return
+        if "error" in chunk and "choices" not in chunk:
+            error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+            message = error.get("message") or "The upstream reported an error mid-stream."
+            raise UpstreamFailure(FailureKind.SERVER, str(message)[:_MAX_MESSAGE])
+        if not isinstance(chunk.get("choices"), list):
+            chunk["choices"] = []
+        chunks.append(chunk)
 
 
 OPENAI = OpenAIWire("openai")
