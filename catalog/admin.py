@@ -341,6 +341,7 @@ class ModelRouteForm(forms.ModelForm):
             "upstream_model",
             "weight",
             "strategy",
+            "consumer_affinity",
             "fallbacks",
             "context_window",
             "first_token_seconds",
@@ -395,7 +396,15 @@ class ModelRouteAdmin(GatewayChangeAdmin):
         ("First target", {"fields": ["upstream", "upstream_model", "weight"]}),
         (
             "Routing",
-            {"fields": ["strategy", "fallbacks", "context_window", "first_token_seconds"]},
+            {
+                "fields": [
+                    "strategy",
+                    "consumer_affinity",
+                    "fallbacks",
+                    "context_window",
+                    "first_token_seconds",
+                ]
+            },
         ),
         (
             "Shown to developers",
@@ -493,6 +502,10 @@ class ProductAdmin(GatewayChangeAdmin):
     fieldsets = [
         (None, {"fields": ["name", "slug", "kind", "status", "portals"]}),
         ("Subscriptions", {"fields": ["subscription_approval"]}),
+        (
+            "Response cache (model APIs)",
+            {"fields": ["response_cache_ttl_seconds", "response_cache_shared"]},
+        ),
         (
             "Catalog listing",
             {

@@ -282,6 +282,19 @@ class Product(models.Model):
     # services.product_refresh_search_document() whenever a part of it changes: one
     # column to scan instead of joins to routes, categories (and later tools and skills).
     search_document = models.TextField(blank=True, default="", editable=False)
+    # Model APIs: the gateway's exact-match response cache (off when unset).
+    response_cache_ttl_seconds = models.PositiveIntegerField(
+        "response cache TTL (seconds)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(30 * 86400)],
+        help_text="Answer identical requests from a cache for this long. Empty: no cache.",
+    )
+    response_cache_shared = models.BooleanField(
+        "share cached answers between apps",
+        default=False,
+        help_text="Off: each app only ever gets answers to its own requests.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -345,6 +358,12 @@ class ModelRoute(models.Model):
         choices=Strategy.choices,
         default=Strategy.WEIGHTED,
         help_text="How a call picks among the targets.",
+    )
+    consumer_affinity = models.BooleanField(
+        default=False,
+        help_text="Keep each app on one target (weighted, as the strategy would pick) "
+        "while it is healthy, instead of choosing per call: for trying a new version on a "
+        "share of the apps.",
     )
     fallbacks = models.JSONField(
         default=list,

@@ -123,6 +123,9 @@ class UsageRecord(models.Model):
     prompt_tokens = models.PositiveIntegerField(null=True)
     completion_tokens = models.PositiveIntegerField(null=True)
     stream = models.BooleanField(default=False)
+    target = models.CharField(max_length=300, blank=True)  # "<upstream>/<model>"
+    cached = models.BooleanField(default=False)  # answered from the response cache
+    tokens_estimated = models.BooleanField(default=False)  # counted by the gateway
 
     class Meta:
         ordering = ["-ts"]

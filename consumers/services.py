@@ -238,7 +238,7 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
-# Records per INSERT: 14 parameters each stays far below SQLite's 32,766 variables and
+# Records per INSERT: 17 parameters each stays far below SQLite's 32,766 variables and
 # PostgreSQL's 65,535.
 _INGEST_CHUNK = 500
 
@@ -258,6 +258,9 @@ _RECORD_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
     "stream",
+    "target",
+    "cached",
+    "tokens_estimated",
 )
 
 # The sums of a rollup row that add up; the maximum latency is the one that does not.
@@ -323,6 +326,9 @@ def _usage_record(event: schema.UsageEvent, owners: dict[int, int]) -> UsageReco
         prompt_tokens=event.prompt_tokens,
         completion_tokens=event.completion_tokens,
         stream=event.stream,
+        target=event.target,
+        cached=event.cached,
+        tokens_estimated=event.estimated,
     )
 
 

@@ -266,7 +266,11 @@ class MockLLM:
         created = int(time.time())
         if request.get("stream") is True:
             options = request.get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            include_usage = (
+                isinstance(options, dict)
+                and options.get("include_usage") is True
+                and not knobs.no_usage
+            )
             await self._stream(
                 send,
                 receive,
@@ -295,7 +299,7 @@ class MockLLM:
                     "finish_reason": "stop" if said.tool_call is None else "tool_calls",
                 }
             ],
-            "usage": usage,
+            "usage": None if knobs.no_usage else usage,
             "system_fingerprint": None,
         }
         await self._send(send, 200, orjson.dumps(answer), _JSON_HEADERS)

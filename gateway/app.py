@@ -27,6 +27,7 @@ import orjson
 
 from gateway import __version__, anthropic, openai_responses, realtime
 from gateway.admin import AdminListener
+from gateway.cache import Directive, Entry, Recorder, cache_key, create_cache, directive
 from gateway.config import GatewaySettings
 from gateway.control import Heartbeater, control_plane_client
 from gateway.keys import hash_key
@@ -66,6 +67,9 @@ class Call:
     """What one API call did, for its usage event."""
 
     __slots__ = (
+        "cache",
+        "cache_state",
+        "cached",
         "consumer",
         "credential",
         "model",
@@ -95,6 +99,9 @@ class Call:
         self.outcome = Outcome()
         self.protocol = "openai"  # the error format: "openai" or "anthropic"
         self.pin: str | None = None  # x-portico-upstream: the one upstream to use
+        self.cache = Directive.USE  # what the request asks of the response cache
+        self.cache_state: bytes | None = None  # x-portico-cache: hit, miss or skip
+        self.cached = False
 
 
 class Gateway:
@@ -124,6 +131,11 @@ class Gateway:
         self.upstreams: Upstreams | None = None
         self.router = Router()
         self.limiter = create_limiter(settings.redis_url, timeout=settings.redis_timeout_seconds)
+        self.cache = create_cache(
+            settings.redis_url,
+            max_bytes=settings.cache_max_bytes,
+            timeout=settings.redis_timeout_seconds,
+        )
         self._limits: dict[tuple[int | None, ...], Limits] = {}
         self._max_body = settings.max_body_bytes
         self._instance_id = settings.instance_id
@@ -197,6 +209,7 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
         await self.limiter.close()
+        await self.cache.close()
         await self.http.aclose()
         if self.redis_sink is not None:
             await self.redis_sink.close()
@@ -228,6 +241,7 @@ class Gateway:
         client_id: bytes | None = None
         declared: bytes | None = None
         pin: bytes | None = None
+        cache: bytes | None = None
         # One pass over the headers collects all the request path needs.
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -241,9 +255,13 @@ class Gateway:
                 declared = value
             elif name == b"x-portico-upstream":
                 pin = value
+            elif name == b"cache-control" or name == b"x-portico-cache":
+                cache = value if cache is None else cache + b"," + value
         call = Call(_request_id(client_id))
         if pin is not None:
             call.pin = pin.decode("latin-1")
+        if cache is not None:
+            call.cache = directive(cache)
         method = scope["method"]
         try:
             model_api = _MODEL_APIS.get(path) if method == "POST" else None
@@ -304,6 +322,9 @@ class Gateway:
                 prompt_tokens=call.outcome.tokens.prompt,
                 completion_tokens=call.outcome.tokens.completion,
                 stream=call.stream,
+                target=(call.outcome.target or "")[:300],
+                cached=call.cached,
+                estimated=call.outcome.tokens.estimated,
             )
         )
 
@@ -362,6 +383,9 @@ class Gateway:
         upstreams = self._upstreams()
         outcome = call.outcome
         try:
+            cached = await self._cached(call, route, body, decision, send)
+            if cached is None:
+                return
             await serve_chat(
                 upstreams,
                 revision.models,
@@ -371,14 +395,15 @@ class Gateway:
                 client=parsed.client,
                 stream=call.stream,
                 include_usage=parsed.include_usage,
-                pin=call.pin,
+                call=call,
                 outcome=outcome,
                 request_id=call.request_id,
                 extra_headers=self._headers_for(call, decision),
-                send=send,
+                send=cached.send,
                 receive=receive,
             )
             call.status = outcome.status
+            await cached.keep(outcome)
         finally:
             await self._settle(decision, outcome)
 
@@ -398,7 +423,7 @@ class Gateway:
                 raise _param_error("model", "a model name in the query string (?model=...)")
             route, subscription = self._route(call, revision, consumer, model, "chat")
             planned = next(
-                self.router.plan(route, revision.models, pin=call.pin),
+                self.router.plan(route, revision.models, pin=call.pin, consumer=call.consumer),
                 None,
             )
             if planned is None or planned.target.upstream.vendor not in _REALTIME_VENDORS:
@@ -462,20 +487,66 @@ class Gateway:
         route, subscription = self._route(call, revision, consumer, model, "embeddings")
         decision = await self._acquire(subscription, lambda: len(body) // 4 + 1)
         try:
+            cached = await self._cached(call, route, body, decision, send)
+            if cached is None:
+                return
             await serve_embeddings(
                 self._upstreams(),
                 revision.models,
                 route,
                 request=request,
                 body=body,
-                pin=call.pin,
+                call=call,
                 outcome=call.outcome,
                 extra_headers=self._headers_for(call, decision),
-                send=send,
+                send=cached.send,
             )
             call.status = call.outcome.status
+            await cached.keep(call.outcome)
         finally:
             await self._settle(decision, call.outcome)
+
+    async def _cached(
+        self, call: Call, route: Route, body: bytes, decision: Decision | None, send: Send
+    ) -> _Caching | None:
+        """Answer from the product's response cache if it can (then ``None``), else how
+        to send the answer so that it is kept (see ``gateway.cache``)."""
+        policy = route.product.cache
+        if policy is None:
+            return _Caching(send)
+        if call.cache == Directive.SKIP:
+            call.cache_state = b"skip"
+            return _Caching(send)
+        scope = f"product:{route.product.id}" if policy.shared else f"consumer:{call.consumer}"
+        key = cache_key(scope, call.route, call.pin, body)
+        if call.cache == Directive.USE:
+            entry = await self.cache.get(key)
+            if entry is not None:
+                await self._send_cached(call, entry, decision, send)
+                return None
+        call.cache_state = b"miss"
+        return _Caching(Recorder(send), self, key, policy.ttl_seconds)
+
+    async def _send_cached(
+        self, call: Call, entry: Entry, decision: Decision | None, send: Send
+    ) -> None:
+        call.cached = True
+        call.status = call.outcome.status = 200
+        call.outcome.target = entry.target
+        call.outcome.tokens.prompt = call.outcome.tokens.completion = 0
+        age = max(0, int(time.time() - entry.stored_at))
+        headers = [
+            (b"content-type", entry.content_type),
+            (b"content-length", str(len(entry.body)).encode()),
+            (b"x-request-id", call.request_id.encode()),
+            (b"x-portico-target", entry.target.encode()),
+            (b"x-portico-cache", b"hit"),
+            (b"age", str(age).encode()),
+        ]
+        if decision is not None:
+            headers.extend(decision.headers)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": entry.body})
 
     def _route(
         self,
@@ -583,6 +654,8 @@ class Gateway:
                 (b"x-portico-target", target.label.encode()),
                 (b"x-portico-overhead-ms", f"{max(overhead, 0.0) * 1000.0:.3f}".encode()),
             ]
+            if call.cache_state is not None:
+                extra.append((b"x-portico-cache", call.cache_state))
             if decision is not None:
                 extra.extend(decision.headers)
             return extra
@@ -655,6 +728,28 @@ class Gateway:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+class _Caching:
+    """How a call's answer is sent: straight on, or through a :class:`Recorder` whose
+    copy is kept in the response cache once the call has succeeded."""
+
+    __slots__ = ("gateway", "key", "send", "ttl")
+
+    def __init__(
+        self, send: Send, gateway: Gateway | None = None, key: str = "", ttl: int = 0
+    ) -> None:
+        self.send = send
+        self.gateway = gateway
+        self.key = key
+        self.ttl = ttl
+
+    async def keep(self, outcome: Outcome) -> None:
+        if self.gateway is None or not isinstance(self.send, Recorder) or outcome.status != 200:
+            return
+        entry = self.send.entry(outcome.target or "")
+        if entry is not None:
+            await self.gateway.cache.put(self.key, entry, self.ttl)
 
 
 class Parsed(NamedTuple):

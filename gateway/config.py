@@ -93,6 +93,7 @@ class GatewaySettings:
     # A Redis URL may carry a password, so it stays out of reprs.
     redis_url: str | None = field(default=None, repr=False)
     redis_timeout_seconds: float = 0.5
+    cache_max_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
 
     @classmethod
@@ -146,6 +147,9 @@ class GatewaySettings:
             instance_id=_instance_id(env.get("PORTICO_GATEWAY_INSTANCE_ID"), workers),
             redis_url=redis_url,
             redis_timeout_seconds=reader.seconds("PORTICO_GATEWAY_REDIS_TIMEOUT_SECONDS", 0.5),
+            cache_max_bytes=reader.integer(
+                "PORTICO_GATEWAY_CACHE_MAX_BYTES", 64 * 1024 * 1024, low=0, high=1 << 40
+            ),
             log_level=log_level,
         )
 

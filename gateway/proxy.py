@@ -41,6 +41,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
+from gateway import tokens as estimate
 from gateway.providers.base import (
     Endpoint,
     FailureKind,
@@ -67,16 +68,35 @@ _SSE_HEADERS_BASE: Headers = [
 MAX_ATTEMPTS = 6
 # Backoff before the one retry of a target after a server error or connection failure.
 _RETRY_BACKOFF = 0.1
+# A prompt is sent to a model only if the gateway's estimate of it is within this many
+# times the model's context window: the estimate is rough, and a vendor's refusal costs
+# one round trip, where a wrong skip would refuse a call the model could serve.
+_CONTEXT_MARGIN = 1.5
 
 
 class Tokens:
-    """Token counts read from an upstream answer (``None`` when it did not say)."""
+    """Token counts read from an upstream answer (``None`` when it did not say).
 
-    __slots__ = ("completion", "prompt")
+    ``estimated`` is set when the gateway counted them itself (``gateway.tokens``)
+    because the vendor's answer had none.
+    """
+
+    __slots__ = ("completion", "estimated", "prompt")
 
     def __init__(self) -> None:
         self.prompt: int | None = None
         self.completion: int | None = None
+        self.estimated = False
+
+    def fill_in(self, request: Json, completion: Callable[[], int]) -> None:
+        """Estimate the counts the vendor did not give (both, or neither, are missing
+        in practice: usage comes as one object)."""
+        if self.prompt is None:
+            self.prompt = estimate.count_prompt(request)
+            self.estimated = True
+        if self.completion is None:
+            self.completion = completion()
+            self.estimated = True
 
     def read(self, usage: object) -> None:
         if isinstance(usage, dict):
@@ -222,6 +242,13 @@ def _sse_error(status: int, message: str, code: str, request_id: str) -> bytes:
 OPENAI_CLIENT = OpenAIClient()
 
 
+class CallContext(Protocol):
+    """What routing needs to know of the call: the pinned upstream and the consumer."""
+
+    pin: str | None
+    consumer: int | None
+
+
 class Upstreams:
     """Everything calls share in one process: the session, the router, the cache."""
 
@@ -241,7 +268,7 @@ async def serve_chat(
     client: ClientProtocol,
     stream: bool,
     include_usage: bool,
-    pin: str | None,
+    call: CallContext,
     outcome: Outcome,
     request_id: str,
     extra_headers: Callable[[RouteTarget], Headers],
@@ -273,7 +300,24 @@ async def serve_chat(
             receive=receive,
         )
 
-    await _walk(upstreams.router, routes, route, pin, outcome, attempt)
+    size = len(body) if body is not None else None
+    estimated: list[int] = []
+
+    def too_long(candidate: Route) -> str | None:
+        window = candidate.spec.context_window or 0
+        if size is not None and size <= window:  # a token is at least a byte
+            return None
+        if not estimated:
+            estimated.append(estimate.count_prompt(request))
+        if estimated[0] <= window * _CONTEXT_MARGIN:
+            return None
+        return (
+            f"This model's maximum context length is {window} tokens, and the messages "
+            f"are about {estimated[0]} tokens. Shorten them, or use a model with a "
+            "larger context window."
+        )
+
+    await _walk(upstreams.router, routes, route, call, outcome, attempt, too_long)
 
 
 async def serve_embeddings(
@@ -283,7 +327,7 @@ async def serve_embeddings(
     *,
     request: Json,
     body: bytes,
-    pin: str | None,
+    call: CallContext,
     outcome: Outcome,
     extra_headers: Callable[[RouteTarget], Headers],
     send: Send,
@@ -315,34 +359,49 @@ async def serve_embeddings(
             response.release()
         answer["model"] = planned.route.name
         usage = answer.get("usage")
-        if isinstance(usage, dict):
-            outcome.tokens.prompt = _count(usage.get("prompt_tokens"))
-            outcome.tokens.completion = 0
+        counted = outcome.tokens
+        counted.prompt = _count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+        counted.completion = 0
+        if counted.prompt is None:
+            counted.prompt = estimate.count_value(request.get("input"))
+            counted.estimated = True
         outcome.status = 200
         await _send_whole(
             send, 200, orjson.dumps(answer), b"application/json", extra_headers(target)
         )
 
-    await _walk(upstreams.router, routes, route, pin, outcome, attempt)
+    await _walk(upstreams.router, routes, route, call, outcome, attempt)
 
 
 async def _walk(
     router: Router,
     routes: dict[str, Route],
     route: Route,
-    pin: str | None,
+    call: CallContext,
     outcome: Outcome,
     run: Callable[[Attempt], Awaitable[None]],
+    too_long: Callable[[Route], str | None] | None = None,
 ) -> None:
-    """Run attempts along the plan until one succeeds; raises the final :class:`ApiError`."""
+    """Run attempts along the plan until one succeeds; raises the final :class:`ApiError`.
+
+    ``too_long`` says why a route's context window cannot hold the prompt (``None``
+    when it can): such routes are skipped without a call, as after the vendor's own
+    context-window error.
+    """
     deadline = time.monotonic() + route.targets[0].upstream.timeout_seconds
     skip_route: str | None = None
     last: UpstreamFailure | None = None
     last_attempt: Attempt | None = None
     tries = 0
-    for planned in router.plan(route, routes, pin=pin):
+    for planned in router.plan(route, routes, pin=call.pin, consumer=call.consumer):
         if planned.route.name == skip_route:
             continue
+        if too_long is not None and planned.route.spec.context_window is not None:
+            reason = too_long(planned.route)
+            if reason is not None:
+                skip_route = planned.route.name
+                last = UpstreamFailure(FailureKind.CONTEXT_WINDOW, reason)
+                continue
         attempt: Attempt | None = planned
         retried = False
         while attempt is not None and tries < MAX_ATTEMPTS:
@@ -427,6 +486,7 @@ async def _attempt_chat(
                 parsed = _loads(answer)
                 if parsed is not None:
                     outcome.tokens.read(parsed.get("usage"))
+                    outcome.tokens.fill_in(request, lambda: estimate.count_completion(parsed))
                 if rename is not None:
                     answer = _rename(answer, rename)
                 outcome.status = 200
@@ -446,6 +506,7 @@ async def _attempt_chat(
             )
         finally:
             response.release()
+        outcome.tokens.fill_in(request, lambda: 0)  # the prompt, if the stream said nothing
         return
     try:
         http = adapter.chat_request(attempt.endpoint, request, stream=stream)
@@ -464,6 +525,7 @@ async def _attempt_chat(
         if not stream:
             completion = adapter.chat_response(attempt.endpoint, await _read(response))
             outcome.tokens.read(completion.get("usage"))
+            outcome.tokens.fill_in(request, lambda: estimate.count_completion(completion))
             outcome.status = 200
             answer = client.whole(completion, public)
             await _send_whole(send, 200, answer, b"application/json", extra_headers(target))
@@ -484,6 +546,7 @@ async def _attempt_chat(
         )
     finally:
         response.release()
+    outcome.tokens.fill_in(request, lambda: 0)  # the prompt, if the stream said nothing
 
 
 def _passthrough_body(
@@ -663,6 +726,8 @@ def _client_error(failure: UpstreamFailure, attempt: Attempt) -> ApiError:
 
 
 def _exhausted(last: UpstreamFailure | None, attempt: Attempt | None, router: Router) -> ApiError:
+    if last is not None and attempt is None:  # nothing was tried: no route fits the prompt
+        return failure_error(last)
     if last is None or attempt is None:
         return ApiError(
             503,
@@ -782,6 +847,7 @@ async def _relay_stream(
     state, watcher = await _start_stream(response, headers, send, receive)
     status = 200
     pending = b""
+    sent: list[bytes] = []  # to estimate the completion if the vendor gives no usage
 
     async def pieces() -> Any:
         yield first
@@ -809,6 +875,7 @@ async def _relay_stream(
             if rename is not None:
                 out = _rename(out, rename)
             if out:
+                sent.append(out)
                 await send({"type": "http.response.body", "body": out, "more_body": True})
     except (aiohttp.ClientError, TimeoutError) as exc:
         if not state.disconnected:
@@ -816,13 +883,16 @@ async def _relay_stream(
             pending += _sse_error(status, *_break_message(status), request_id.decode())
     finally:
         await _stop(watcher)
-    if state.disconnected:
-        return status
-    if b'"usage"' in pending:  # an upstream that ended without a final blank line
-        pending = _take_usage(pending, strip_usage, tokens)
-    if rename is not None:
-        pending = _rename(pending, rename)
-    await send({"type": "http.response.body", "body": pending, "more_body": False})
+    if not state.disconnected:
+        if b'"usage"' in pending:  # an upstream that ended without a final blank line
+            pending = _take_usage(pending, strip_usage, tokens)
+        if rename is not None:
+            pending = _rename(pending, rename)
+        sent.append(pending)
+        await send({"type": "http.response.body", "body": pending, "more_body": False})
+    if tokens.completion is None:
+        tokens.completion = _streamed_completion(sent)
+        tokens.estimated = True
     return status
 
 
@@ -841,9 +911,11 @@ async def _relay_converted(
     state, watcher = await _start_stream(response, headers, send, receive)
     status = 200
     tail = b""
+    seen: list[Json] = []  # to estimate the completion if the vendor gives no usage
     try:
         chunks, ended = first, False
         while True:
+            seen.extend(chunks)
             for chunk in chunks:
                 usage = chunk.get("usage")
                 if isinstance(usage, dict):
@@ -866,9 +938,11 @@ async def _relay_converted(
             tail = encoder.error(status, *_break_message(status), request_id)
     finally:
         await _stop(watcher)
-    if state.disconnected:
-        return status
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    if not state.disconnected:
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    if tokens.completion is None:
+        tokens.completion = sum(estimate.count_completion(chunk) for chunk in seen)
+        tokens.estimated = True
     return status
 
 
@@ -918,6 +992,16 @@ def _take_usage(out: bytes, strip_usage: bool, tokens: Tokens) -> bytes:
     if not changed:
         return out
     return b"\n\n".join(kept) + b"\n\n" if kept else b""
+
+
+def _streamed_completion(sent: list[bytes]) -> int:
+    """Estimated completion tokens of the chat chunks in a relayed SSE stream."""
+    count = 0
+    for event in b"".join(sent).split(b"\n\n"):
+        chunk = _event_json(event)
+        if chunk is not None:
+            count += estimate.count_completion(chunk)
+    return count
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:

@@ -20,7 +20,11 @@ rate-limited credential out of the pool.
    ejected targets go last, so that a call still has somewhere to go when all are;
 2. then each fallback route's targets, in the fallback order.
 
-A caller pins a call to one upstream with ``x-portico-upstream: <upstream name>``.
+A caller pins a call to one upstream with ``x-portico-upstream: <upstream name>``. A
+route with ``affinity: consumer`` pins each consumer instead: the weighted order is drawn
+from a hash of the consumer and the target rather than at random (rendezvous hashing),
+so a consumer keeps to one target while it is healthy, the weights still set the share
+of consumers each target gets, and adding a target moves only the consumers it takes.
 The gateway (``gateway.app``) walks the plan and decides by failure class whether to
 go on (see ``gateway.providers.base.FailureKind``).
 """
@@ -204,7 +208,12 @@ class Router:
     # Planning ---------------------------------------------------------------------------
 
     def plan(
-        self, route: Route, routes: dict[str, Route], *, pin: str | None = None
+        self,
+        route: Route,
+        routes: dict[str, Route],
+        *,
+        pin: str | None = None,
+        consumer: int | None = None,
     ) -> Iterator[Attempt]:
         """The attempts for a call to ``route``, best first (lazily: most calls need one).
 
@@ -216,13 +225,15 @@ class Router:
             targets = current.targets
             if pin is not None:
                 targets = tuple(t for t in targets if pin in (t.upstream.name, t.upstream_id))
-            for target in self._order(current, targets):
+            for target in self._order(current, targets, consumer):
                 if target.key in seen:
                     continue
                 seen.add(target.key)
                 yield Attempt(current, target, self._credential(target))
 
-    def _order(self, route: Route, targets: tuple[RouteTarget, ...]) -> list[RouteTarget]:
+    def _order(
+        self, route: Route, targets: tuple[RouteTarget, ...], consumer: int | None
+    ) -> list[RouteTarget]:
         if len(targets) == 1:
             return list(targets)
         now = self._now()
@@ -234,24 +245,12 @@ class Router:
         elif strategy == "lowest_latency":
             # Unmeasured targets first, so every target gets measured.
             healthy.sort(key=lambda t: self.state(t).latency or 0.0)
+        elif route.spec.affinity == "consumer" and consumer is not None:
+            healthy = _weighted_order(healthy, lambda t: _unit_hash(consumer, t.key))
         else:
-            healthy = self._weighted_order(healthy)
+            healthy = _weighted_order(healthy, lambda _: self._rng.random())
         ejected.sort(key=lambda t: self.state(t).out_until)
         return healthy + ejected
-
-    def _weighted_order(self, targets: list[RouteTarget]) -> list[RouteTarget]:
-        """A random order in which heavier targets tend to come first (weight 0: last)."""
-        keyed = []
-        for target in targets:
-            if target.weight <= 0:
-                keyed.append((float("inf"), target))
-            else:
-                # Efraimidis-Spirakis: sorting by -log(u)/w samples without replacement
-                # with probabilities proportional to the weights.
-                u = self._rng.random() or 1e-12
-                keyed.append((-math.log(u) / target.weight, target))
-        keyed.sort(key=lambda item: item[0])
-        return [target for _, target in keyed]
 
     def _credential(self, target: RouteTarget) -> int:
         count = len(target.endpoints)
@@ -328,3 +327,27 @@ class Router:
         waits = [self._credentials_out.get(key, 0.0) - now for key in target.credential_keys]
         soonest = min(waits)
         return soonest if soonest > 0 else None
+
+
+def _weighted_order(
+    targets: list[RouteTarget], draw: Callable[[RouteTarget], float]
+) -> list[RouteTarget]:
+    """An order in which heavier targets tend to come first (weight 0: last), from one
+    uniform draw in [0, 1) per target."""
+    keyed = []
+    for target in targets:
+        if target.weight <= 0:
+            keyed.append((math.inf, target))
+        else:
+            # Efraimidis-Spirakis: sorting by -log(u)/w samples without replacement
+            # with probabilities proportional to the weights.
+            u = draw(target) or 1e-12
+            keyed.append((-math.log(u) / target.weight, target))
+    keyed.sort(key=lambda item: item[0])
+    return [target for _, target in keyed]
+
+
+def _unit_hash(consumer: int, key: str) -> float:
+    """A number in [0, 1) fixed by the consumer and the target, uniform across both."""
+    digest = hashlib.blake2b(f"{consumer}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64

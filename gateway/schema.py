@@ -71,6 +71,18 @@ class ModelRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kind: Literal["chat", "embeddings"] = "chat"
     context_window: PositiveInt | None = None
     first_token_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
+    # "consumer": each consumer keeps to the target the weights give it (rendezvous
+    # hashing), so a new version can take a share of consumers rather than of calls.
+    affinity: Literal["none", "consumer"] = "none"
+
+
+class ResponseCache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A product's exact-match response cache: identical requests (same API, same body)
+    within ``ttl_seconds`` are answered from the cache. Entries belong to one consumer
+    unless ``shared``, when every consumer of the product may be served them."""
+
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)]
+    shared: bool = False
 
 
 class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -80,6 +92,7 @@ class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     slug: Name
     kind: ProductKind
     models: dict[str, ModelRoute] = {}
+    cache: ResponseCache | None = None
 
 
 class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -175,6 +188,9 @@ class UsageEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=Fal
     prompt_tokens: NonNegativeInt | None = None
     completion_tokens: NonNegativeInt | None = None
     stream: bool = False
+    target: Annotated[str, msgspec.Meta(max_length=300)] = ""  # "<upstream>/<model>"
+    cached: bool = False  # answered from the response cache
+    estimated: bool = False  # token counts are the gateway's estimate, not the vendor's
 
 
 class UsageBatch(msgspec.Struct, frozen=True):

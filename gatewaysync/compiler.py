@@ -151,6 +151,11 @@ def compile_state() -> CompiledState:
             slug=p.slug,
             kind=cast(schema.ProductKind, p.kind),
             models=_compile_routes(p.model_routes.all()),
+            cache=None
+            if p.kind != Product.Kind.MODEL or not p.response_cache_ttl_seconds
+            else schema.ResponseCache(
+                ttl_seconds=p.response_cache_ttl_seconds, shared=p.response_cache_shared
+            ),
         )
         for p in products
     }
@@ -217,6 +222,7 @@ def _compile_routes(routes: Iterable[ModelRoute]) -> dict[str, schema.ModelRoute
             kind=cast(Literal["chat", "embeddings"], route.kind),
             context_window=route.context_window,
             first_token_seconds=route.first_token_seconds,
+            affinity="consumer" if route.consumer_affinity else "none",
         )
         for route in ordered
     }

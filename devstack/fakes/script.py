@@ -15,7 +15,8 @@ follows the same script for the OpenAI wire format) and by the conversation:
   ``context`` (the vendor's own "prompt too long" error), ``break-<n>`` (stream ``n``
   chunks, then drop the connection without finishing), ``stream-delay-<ms>`` (between
   chunks), ``chunks-<n>``, ``echo-key`` (error messages quote the credential received,
-  as some vendors' do).
+  as some vendors' do), ``no-usage`` (no token counts in any answer, as some
+  OpenAI-compatible servers do).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Knobs:
     break_after: int | None = None
     context: bool = False
     echo_key: bool = False  # error messages quote the credential received
+    no_usage: bool = False  # answers carry no token counts
 
 
 @functools.lru_cache(maxsize=1024)
@@ -49,6 +51,7 @@ def knobs_for(model: str) -> Knobs:
         break_after=values.get("break"),
         context="context" in model,
         echo_key="echo-key" in model,
+        no_usage="no-usage" in model,
     )
 
 

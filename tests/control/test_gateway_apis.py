@@ -85,7 +85,10 @@ def test_bad_heartbeat_is_a_400_and_changes_nothing(client, db, gw_headers, body
 
 
 def test_usage_ingest_is_idempotent(client, db, gw_headers):
-    events = [event(), event(status=401, model=None, prompt_tokens=None)]
+    events = [
+        event(target="vendor-a/gpt-4o", cached=True, estimated=True),
+        event(status=401, model=None, prompt_tokens=None),
+    ]
     body = msgspec.json.encode({"events": events})
     for expected_stored in (2, 0):
         response = client.post(
@@ -96,6 +99,13 @@ def test_usage_ingest_is_idempotent(client, db, gw_headers):
     assert UsageRecord.objects.count() == 2
     record = UsageRecord.objects.get(event_id=events[0]["id"])
     assert (record.prompt_tokens, record.completion_tokens, record.status) == (7, 3, 200)
+    assert (record.target, record.cached, record.tokens_estimated) == (
+        "vendor-a/gpt-4o",
+        True,
+        True,
+    )
+    other = UsageRecord.objects.get(event_id=events[1]["id"])
+    assert (other.target, other.cached, other.tokens_estimated) == ("", False, False)
 
 
 def test_usage_updates_the_credential_last_used_time(client, consumer, gw_headers):

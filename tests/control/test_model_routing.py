@@ -53,7 +53,8 @@ def azure(name: str = "azure-east", **options: str) -> Upstream:
 @pytest.fixture
 def routed(catalog: Catalog) -> Catalog:
     """``chat-model`` of ``catalog`` with a pool, a second target on Azure and a fallback;
-    an embeddings model; a token quota on the plan."""
+        an embeddings model; a token quota on the plan; consumer affinity on ``chat-model`` and a
+    five-minute response cache on the product."""
     for label, secret in zip(["one", "two"], POOL_SECRETS, strict=True):
         services.upstream_credential_add(upstream=catalog.upstream, label=label, secret=secret)
     services.model_route_create(
@@ -68,6 +69,7 @@ def routed(catalog: Catalog) -> Catalog:
     route.strategy = ModelRoute.Strategy.LEAST_BUSY
     route.context_window = 8192
     route.first_token_seconds = 2.5
+    route.consumer_affinity = True
     route.save()
     route.extra_targets.create(
         upstream=azure(), upstream_model="gpt-4o-mini-deployment", weight=1, position=1
@@ -82,6 +84,8 @@ def routed(catalog: Catalog) -> Catalog:
     )
     catalog.plan.token_quota = 5_000_000_000
     catalog.plan.save(update_fields=["token_quota"])
+    catalog.product.response_cache_ttl_seconds = 300
+    catalog.product.save(update_fields=["response_cache_ttl_seconds"])
     return catalog
 
 
@@ -117,6 +121,11 @@ def test_revision_carries_pools_targets_fallbacks_options_and_quota(routed, subs
     assert spec.strategy == "least_busy"
     assert spec.fallbacks == ["chat-large"]
     assert (spec.kind, spec.context_window, spec.first_token_seconds) == ("chat", 8192, 2.5)
+    assert spec.affinity == "consumer"
+    assert doc.products["chat"].models["chat-large"].affinity == "none"
+    cache = doc.products["chat"].cache
+    assert cache is not None
+    assert (cache.ttl_seconds, cache.shared) == (300, False)
     assert doc.products["chat"].models["chat-embed"].kind == "embeddings"
     plan = doc.consumers[str(subscription.consumer_id)].subscriptions["chat"].plan
     assert plan.token_quota == 5_000_000_000

@@ -315,6 +315,30 @@ def start_gateway(
     )
 
 
+def start_redis_gateways(
+    stack: Stack,
+    http: httpx.Client,
+    name: str,
+    state_dir: Path,
+    world: World,
+    redis_url: str,
+    *,
+    env: dict[str, str] | None = None,
+) -> list[Gateway]:
+    """Two gateway processes sharing one Redis (limits, cache, usage)."""
+    return [
+        start_gateway(
+            stack,
+            http,
+            f"{name}-{n}",
+            state_dir / f"state-{n}",
+            world,
+            env={"REDIS_URL": redis_url, **(env or {})},
+        )
+        for n in range(2)
+    ]
+
+
 @dataclass
 class ControlPlaneStub:
     """Stands in for the control plane's two gateway endpoints, recording every call."""

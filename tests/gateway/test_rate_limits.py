@@ -19,7 +19,7 @@ from tests.gateway.conftest import (
     World,
     assert_openai_error,
     chat_body,
-    start_gateway,
+    start_redis_gateways,
 )
 from tests.gateway.test_routing import push, routed
 
@@ -37,17 +37,15 @@ def _inside_one_minute(seconds: float) -> None:
 def test_fifty_concurrent_clients_on_two_processes_hit_one_limit_exactly(
     stack: Stack, http: httpx.Client, world: World, redis_url: str, tmp_path: Path
 ) -> None:
-    gateways = [
-        start_gateway(
-            stack,
-            http,
-            f"gateway-rl-{n}",
-            tmp_path / f"state-{n}",
-            world,
-            env={"REDIS_URL": redis_url, "PORTICO_GATEWAY_REDIS_TIMEOUT_SECONDS": "5"},
-        )
-        for n in range(2)
-    ]
+    gateways = start_redis_gateways(
+        stack,
+        http,
+        "gateway-rl",
+        tmp_path,
+        world,
+        redis_url,
+        env={"PORTICO_GATEWAY_REDIS_TIMEOUT_SECONDS": "5"},
+    )
     plan = Plan(id=7, name="Tight", requests_per_minute=20)
     doc = routed(world, {"limited": ModelRoute("a", "mock")}, plan=plan)
     for gateway in gateways:
