@@ -1,4 +1,4 @@
-"""The gateway's ASGI application: health, ``/v1/models`` and ``/v1/chat/completions``.
+"""The gateway's ASGI application: health, the model APIs under ``/v1/`` and MCP.
 
 Raw ASGI, no framework, because the request path is the product: one header scan, one
 dict lookup on the key's SHA-256, one on the model name, and the body passed through
@@ -32,6 +32,9 @@ from gateway.config import GatewaySettings
 from gateway.control import Heartbeater, control_plane_client
 from gateway.keys import hash_key
 from gateway.limits import Decision, Limits, create_limiter
+from gateway.mcp.server import McpService
+from gateway.mcp.sessions import Sessions
+from gateway.mcp.upstream import McpUpstreams
 from gateway.proxy import (
     OPENAI_CLIENT,
     ClientProtocol,
@@ -51,6 +54,7 @@ from gateway.usage import HttpSink, RedisSink, UsageReporter
 log = logging.getLogger("gateway.app")
 
 _CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,59}$")
 # Upstream connections: enough for many concurrent streams per process, with no
 # per-host cap (most traffic goes to a handful of vendors).
 _UPSTREAM_CONNECTIONS = 4096
@@ -137,6 +141,10 @@ class Gateway:
             timeout=settings.redis_timeout_seconds,
         )
         self._limits: dict[tuple[int | None, ...], Limits] = {}
+        self.mcp_sessions = Sessions(
+            settings.keys.seal_key, settings.redis_url, settings.redis_timeout_seconds
+        )
+        self.mcp: McpService | None = None
         self._max_body = settings.max_body_bytes
         self._instance_id = settings.instance_id
 
@@ -181,6 +189,7 @@ class Gateway:
             trust_env=False,
         )
         self.upstreams = Upstreams(self.session, self.router)
+        self.mcp = McpService(self, self.mcp_sessions, McpUpstreams(self.session))
         bound = await self.admin.start()
         self.heartbeater = Heartbeater(
             client=self.http,
@@ -210,6 +219,7 @@ class Gateway:
             await self.session.close()
         await self.limiter.close()
         await self.cache.close()
+        await self.mcp_sessions.close()
         await self.http.aclose()
         if self.redis_sink is not None:
             await self.redis_sink.close()
@@ -221,6 +231,9 @@ class Gateway:
         path: str = scope["path"]
         if path.startswith("/v1/"):
             await self._api(scope, receive, send, path)
+            return
+        if path == "/mcp" or path.startswith("/mcp/"):
+            await self._mcp(scope, receive, send, path)
             return
         request_id = _request_id(_header(scope, b"x-request-id"))
         if scope["method"] == "GET" and path == "/healthz":
@@ -304,6 +317,40 @@ class Gateway:
                 await send_error(send, failure, call.request_id)
         finally:
             self._record(call)
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """``/mcp/<product>`` and ``/mcp`` (``gateway.mcp.server``)."""
+        call = Call(_request_id(_header(scope, b"x-request-id")))
+        call.route = "mcp"
+        slug = path[len("/mcp/") :].rstrip("/") or None if path != "/mcp" else None
+        try:
+            if self.mcp is None or (slug is not None and not _SLUG.match(slug)):
+                raise _unknown_url(scope["method"], path)
+            await self.mcp.serve(call, scope, receive, send, slug)
+        except ApiError as err:
+            call.status = err.status
+            await send_error(send, err, call.request_id)
+        except _ClientGone:
+            call.status = 499
+        finally:
+            self._record(call)
+
+    # What the MCP endpoints use (gateway.mcp.server.Host).
+
+    def authenticate(self, call: Call, key: bytes | None) -> tuple[AppliedRevision, Consumer]:
+        return self._authenticate(call, key)
+
+    async def read_body(self, receive: Receive, declared: bytes | None) -> bytes:
+        return await self._read_body(receive, declared)
+
+    async def acquire(
+        self, subscription: Subscription, estimate: Callable[[], int]
+    ) -> Decision | None:
+        return await self._acquire(subscription, estimate)
+
+    async def settle_calls(self, decision: Decision | None) -> None:
+        if decision is not None and decision.ticket is not None:
+            await asyncio.shield(self.limiter.settle(decision.ticket, 0))
 
     def _record(self, call: Call) -> None:
         self.usage.record(
@@ -858,8 +905,8 @@ def _unknown_url(method: str, path: str) -> ApiError:
     return ApiError(
         404,
         f"Invalid URL ({method} {path[:200]}). This gateway serves GET /v1/models, "
-        "POST /v1/chat/completions, /v1/responses, /v1/embeddings and /v1/messages, and "
-        "the Realtime API at /v1/realtime.",
+        "POST /v1/chat/completions, /v1/responses, /v1/embeddings and /v1/messages, "
+        "the Realtime API at /v1/realtime, and MCP at /mcp and /mcp/<product>.",
         code="unknown_url",
     )
 

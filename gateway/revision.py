@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import msgspec
 
+from gateway.mcp.index import McpIndex, McpIndexError, index_mcp
 from gateway.routing import Route, RouteError, index_routes
 from gateway.schema import (
     SCHEMA_VERSION,
@@ -139,6 +140,7 @@ class AppliedRevision:
     models: dict[str, Route] = field(default_factory=dict)
     credentials: CredentialIndex = field(default_factory=CredentialIndex)
     doc_credentials: bool = False
+    mcp: McpIndex = field(default_factory=McpIndex)
 
     @property
     def number(self) -> int:
@@ -190,6 +192,10 @@ class _Assembly:
             raise RevisionError(f"unsupported schema {head.schema}")
         self.head = head
         self.models = _index_models(head, keys)
+        try:
+            self.mcp = index_mcp(head, keys)
+        except McpIndexError as exc:
+            raise RevisionError(str(exc)) from exc
         self.consumers = consumers
         self.credentials = CredentialIndex()
         self._consumer_ids: set[int] | None = None
@@ -219,9 +225,13 @@ class _Assembly:
 
     def result(self, doc: Revision | None = None) -> AppliedRevision:
         if doc is not None:
-            return AppliedRevision(doc, self.models, self.credentials, doc_credentials=True)
+            return AppliedRevision(
+                doc, self.models, self.credentials, doc_credentials=True, mcp=self.mcp
+            )
         doc = msgspec.structs.replace(self.head, consumers=self.consumers, credentials={})
-        return AppliedRevision(doc=doc, models=self.models, credentials=self.credentials)
+        return AppliedRevision(
+            doc=doc, models=self.models, credentials=self.credentials, mcp=self.mcp
+        )
 
     async def discard(self, pacer: Pacer) -> None:
         """Free what was built so far in small steps (a rejected revision can be big)."""
@@ -483,7 +493,9 @@ def apply_delta(current: AppliedRevision, delta: Delta) -> AppliedRevision:
         changes["credentials"] = credentials
     doc = msgspec.structs.replace(current.doc, **changes)
     # Products, upstreams and consumers are untouched, so the model index carries over.
-    return AppliedRevision(doc, current.models, index, doc_credentials=current.doc_credentials)
+    return AppliedRevision(
+        doc, current.models, index, doc_credentials=current.doc_credentials, mcp=current.mcp
+    )
 
 
 async def encode_incrementally(revision: AppliedRevision, pacer: Pacer) -> list[bytes]:

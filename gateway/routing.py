@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from gateway.providers import adapter_for
 from gateway.providers.base import Adapter, Endpoint, FailureKind, UpstreamFailure
-from gateway.schema import ModelRoute, Product, Revision, Target, Upstream
+from gateway.schema import NON_MODEL_VENDORS, ModelRoute, Product, Revision, Target, Upstream
 from gateway.secrets import GatewayKeys, SecretError
 
 # A target that failed this many times in a row is ejected.
@@ -92,6 +92,8 @@ def index_routes(doc: Revision, keys: GatewayKeys) -> dict[str, Route]:
     """Every public model name of ``doc``; raises :class:`RouteError` when inconsistent."""
     pools: dict[str, tuple[tuple[str | None, ...], tuple[str, ...]]] = {}
     for upstream_id, upstream in doc.upstreams.items():
+        if upstream.vendor in NON_MODEL_VENDORS:
+            continue
         sealed = ([upstream.secret] if upstream.secret is not None else []) + upstream.secrets
         try:
             opened = tuple(keys.unseal(value) for value in sealed)
@@ -137,7 +139,7 @@ def _target(
     pools: dict[str, tuple[tuple[str | None, ...], tuple[str, ...]]],
 ) -> RouteTarget:
     upstream = upstreams.get(target.upstream)
-    if upstream is None:
+    if upstream is None or upstream.vendor in NON_MODEL_VENDORS:
         raise RouteError(f"model {name!r} names unknown upstream {target.upstream!r}")
     adapter = adapter_for(upstream.vendor)
     assert adapter is not None  # checked with the pools

@@ -10,7 +10,7 @@ document whose ``schema`` it does not know.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -85,14 +85,73 @@ class ResponseCache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shared: bool = False
 
 
+# Upstream vendors that are not model vendors: an MCP server (``base_url`` is its MCP
+# endpoint) and a plain REST service behind REST-to-MCP tools.
+MCP_VENDOR = "mcp"
+REST_VENDOR = "rest"
+NON_MODEL_VENDORS = frozenset({MCP_VENDOR, REST_VENDOR})
+
+
+class RestArgument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where one tool argument goes in the REST request: ``in_`` is ``path`` (replaces
+    ``{name}`` in the URL template), ``query``, ``header`` or ``body`` (a top-level
+    field of the JSON body); ``field`` is its name there (default: the argument's)."""
+
+    name: Name
+    in_: Literal["path", "query", "header", "body"] = msgspec.field(name="in", default="query")
+    field: str = ""
+
+
+class RestCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a REST-to-MCP tool calls its service: ``path`` is a template relative to the
+    upstream's base URL (``/pets/{id}``); ``select`` is a dotted path into the JSON answer
+    (``data.items``) that becomes the tool's result (empty: the whole answer)."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: Annotated[str, msgspec.Meta(max_length=2000)]
+    arguments: list[RestArgument] = []
+    select: str = ""
+
+
+class McpTool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A tool as an admin approved it (pinned): ``definition`` is the MCP ``Tool`` object
+    served to clients (``name``, ``description``, ``inputSchema``, ``annotations``,
+    ``outputSchema``...), whatever the server says now. Calls are checked against its
+    ``inputSchema``. ``rest`` is set for REST-to-MCP tools, which the gateway calls itself.
+    """
+
+    name: Name
+    definition: dict[str, Any]
+    rest: RestCall | None = None
+
+
+class McpServer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An MCP product: the upstream that serves it and what it offers, as approved.
+
+    ``upstream`` names an upstream of vendor ``mcp`` (hosted server: ``transport`` says
+    how to reach it) or ``rest`` (REST-to-MCP: every tool has ``rest``). ``prompts``,
+    ``resources`` and ``resource_templates`` are the MCP objects as discovered.
+    """
+
+    upstream: Name
+    transport: Literal["streamable_http", "sse"] = "streamable_http"
+    tools: list[McpTool] = []
+    prompts: list[dict[str, Any]] = []
+    resources: list[dict[str, Any]] = []
+    resource_templates: list[dict[str, Any]] = []
+    instructions: str = ""
+
+
 class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A published product. ``models`` maps public model names to routes (kind "model")."""
+    """A published product. ``models`` maps public model names to routes (kind "model");
+    ``mcp`` is set for kind "mcp"."""
 
     id: PositiveInt
     slug: Name
     kind: ProductKind
     models: dict[str, ModelRoute] = {}
     cache: ResponseCache | None = None
+    mcp: McpServer | None = None
 
 
 class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -112,6 +171,8 @@ class Subscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=F
 
     id: PositiveInt
     plan: Plan
+    # MCP products: the only tools this subscription may list and call (``None``: all).
+    tools: list[str] | None = None
 
 
 class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):

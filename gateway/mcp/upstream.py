@@ -1,0 +1,392 @@
+"""The gateway as an MCP client of the servers behind MCP products.
+
+Each upstream is asked once which era it speaks: a ``server/discover`` at 2026-07-28
+that answers with that version means stateless requests from then on; anything else
+means the session era: ``initialize`` once per gateway process, the session id on every
+request, and a new session when the server forgets the old one (404). Servers on the
+deprecated HTTP+SSE transport (2024-11-05) get a short-lived connection per call.
+
+The backend credential is the upstream's own (``Upstream.options["auth"]``: ``bearer``,
+``header`` with ``header`` naming it, or ``oauth2`` client credentials against
+``token_url``); the app's key never leaves the gateway. Failures become
+:class:`UpstreamError` with fixed wording; what the server said in a JSON-RPC error is
+relayed as that error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import orjson
+
+from gateway import __version__
+from gateway.mcp.index import ServedProduct
+
+log = logging.getLogger("gateway.mcp")
+
+MODERN_VERSION = "2026-07-28"
+SESSION_VERSION = "2025-11-25"
+CLIENT_INFO = {"name": "portico-gateway", "version": __version__}
+# Methods whose target travels in the Mcp-Name header too.
+NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_ACCEPT = "application/json, text/event-stream"
+_MAX_SSE_EVENT = 8 << 20
+_TOKEN_MARGIN_SECONDS = 30.0
+
+
+class UpstreamError(Exception):
+    """The upstream could not answer; ``message`` is safe to show to an app."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.refused = refused
+
+
+class _SessionLost(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Server:
+    era: str | None = None  # "modern" or "session"
+    session_id: str | None = None
+    version: str = SESSION_VERSION
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    token: str | None = None
+    token_until: float = 0.0
+
+
+class McpUpstreams:
+    """Every MCP upstream this process talks to, and what it learnt about each."""
+
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self._http = http
+        self._servers: dict[tuple[str, str, str | None], _Server] = {}
+        self._ids = itertools.count(1)
+
+    async def request(
+        self, product: ServedProduct, method: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Send one JSON-RPC request; the upstream's response object (``result`` or
+        ``error``). Raises :class:`UpstreamError` when there is none."""
+        server = self._server(product)
+        if product.server.transport == "sse":
+            return await self._over_sse(product, server, method, params)
+        if server.era is None:
+            async with server.lock:
+                if server.era is None:
+                    await self._discover(product, server)
+        if server.era == "modern":
+            response = await self._post(product, server, method, params, modern=True)
+            error = response.get("error")
+            if isinstance(error, dict) and error.get("code") == -32022:
+                server.era = None  # the server changed versions: ask again next time
+            return response
+        for attempt in range(2):
+            if server.session_id is None:
+                async with server.lock:
+                    if server.session_id is None:
+                        await self._initialize(product, server)
+            try:
+                return await self._post(product, server, method, params, modern=False)
+            except _SessionLost:
+                server.session_id = None
+                if attempt:
+                    break
+        raise UpstreamError("The MCP server behind this product keeps losing its session.")
+
+    def forget(self) -> None:
+        """Drop what was learnt (a new revision may point products elsewhere)."""
+        self._servers.clear()
+
+    def _server(self, product: ServedProduct) -> _Server:
+        key = (product.upstream_id, product.upstream.base_url, product.secret)
+        server = self._servers.get(key)
+        if server is None:
+            server = self._servers[key] = _Server()
+        return server
+
+    async def _discover(self, product: ServedProduct, server: _Server) -> None:
+        try:
+            answer = await self._post(product, server, "server/discover", {}, modern=True)
+        except UpstreamError as exc:
+            if exc.refused:
+                raise
+            answer = {}
+        result = answer.get("result")
+        versions = result.get("supportedVersions") if isinstance(result, dict) else None
+        server.era = (
+            "modern" if isinstance(versions, list) and MODERN_VERSION in versions else "session"
+        )
+
+    async def _initialize(self, product: ServedProduct, server: _Server) -> None:
+        server.version = SESSION_VERSION
+        params = {
+            "protocolVersion": SESSION_VERSION,
+            "capabilities": {},
+            "clientInfo": CLIENT_INFO,
+        }
+        answer = await self._post(product, server, "initialize", params, modern=False)
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            raise UpstreamError("The MCP server behind this product refused to start a session.")
+        version = result.get("protocolVersion")
+        if isinstance(version, str):
+            server.version = version
+        await self._post(product, server, "notifications/initialized", None, modern=False)
+
+    async def _headers(self, product: ServedProduct, server: _Server) -> dict[str, str]:
+        headers = {"Accept": _ACCEPT, "Content-Type": "application/json"}
+        options = product.upstream.options
+        auth = options.get("auth", "bearer" if product.secret else "")
+        secret = product.secret
+        if secret is None or not auth:
+            return headers
+        if auth == "bearer":
+            headers["Authorization"] = f"Bearer {secret}"
+        elif auth == "header":
+            headers[options.get("header") or "X-Api-Key"] = secret
+        elif auth == "oauth2":
+            headers["Authorization"] = f"Bearer {await self._token(product, server)}"
+        return headers
+
+    async def _token(self, product: ServedProduct, server: _Server) -> str:
+        if server.token is not None and time.monotonic() < server.token_until:
+            return server.token
+        options = product.upstream.options
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": options.get("client_id", ""),
+            "client_secret": product.secret or "",
+        }
+        if options.get("scope"):
+            form["scope"] = options["scope"]
+        try:
+            async with self._http.post(
+                options.get("token_url", ""),
+                data=form,
+                timeout=aiohttp.ClientTimeout(total=product.upstream.timeout_seconds),
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            raise UpstreamError(
+                "The gateway could not reach the authorization server of this product's MCP server."
+            ) from None
+        token = _json(body).get("access_token") if status == 200 else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamError(
+                "The authorization server of this product's MCP server refused the "
+                "gateway's credentials; please tell the portal's administrators.",
+                refused=True,
+            )
+        lifetime = _json(body).get("expires_in")
+        seconds = float(lifetime) if isinstance(lifetime, int | float) else 300.0
+        server.token = token
+        server.token_until = time.monotonic() + max(seconds - _TOKEN_MARGIN_SECONDS, 1.0)
+        return token
+
+    async def _post(
+        self,
+        product: ServedProduct,
+        server: _Server,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        modern: bool,
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        request_id = None
+        if not method.startswith("notifications/"):
+            request_id = message["id"] = next(self._ids)
+        headers = await self._headers(product, server)
+        if modern:
+            params = dict(params or {})
+            meta = dict(params.get("_meta") or {})
+            meta["io.modelcontextprotocol/protocolVersion"] = MODERN_VERSION
+            meta["io.modelcontextprotocol/clientCapabilities"] = {}
+            meta["io.modelcontextprotocol/clientInfo"] = CLIENT_INFO
+            params["_meta"] = meta
+            headers["MCP-Protocol-Version"] = MODERN_VERSION
+            headers["Mcp-Method"] = method
+            named = NAMED.get(method)
+            if named is not None and isinstance(params.get(named), str):
+                headers["Mcp-Name"] = header_value(params[named])
+        else:
+            if method != "initialize":
+                headers["MCP-Protocol-Version"] = server.version
+            if server.session_id is not None:
+                headers["Mcp-Session-Id"] = server.session_id
+        if params is not None:
+            message["params"] = params
+        timeout = aiohttp.ClientTimeout(total=product.upstream.timeout_seconds)
+        try:
+            async with self._http.post(
+                product.upstream.base_url,
+                data=orjson.dumps(message),
+                headers=headers,
+                timeout=timeout,
+            ) as response:
+                if method == "initialize":
+                    server.session_id = response.headers.get("Mcp-Session-Id")
+                if request_id is None:
+                    return {}
+                return await _answer(response, request_id, lost=server.session_id is not None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            raise UpstreamError(
+                "The MCP server behind this product did not answer in time."
+                if timed_out
+                else "The gateway could not reach the MCP server behind this product."
+            ) from None
+
+    async def _over_sse(
+        self, product: ServedProduct, server: _Server, method: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One call over the 2024-11-05 HTTP+SSE transport, on a connection of its own."""
+        headers = await self._headers(product, server)
+        headers["Accept"] = "text/event-stream"
+        timeout = aiohttp.ClientTimeout(total=product.upstream.timeout_seconds)
+        try:
+            async with self._http.get(
+                product.upstream.base_url, headers=headers, timeout=timeout
+            ) as stream:
+                if stream.status != 200:
+                    raise _http_failure(stream.status)
+                events = _sse_events(stream)
+                endpoint = await _next_event(events, "endpoint")
+                post_url = urljoin(product.upstream.base_url, endpoint)
+                if urlsplit(post_url)[:2] != urlsplit(product.upstream.base_url)[:2]:
+                    raise UpstreamError("The MCP server named an endpoint on another origin.")
+                post_headers = {**headers, "Accept": "*/*", "Content-Type": "application/json"}
+                init_id, call_id = next(self._ids), next(self._ids)
+                steps: list[dict[str, Any]] = [
+                    {
+                        "jsonrpc": "2.0",
+                        "id": init_id,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2024-11-05",
+                            "capabilities": {},
+                            "clientInfo": CLIENT_INFO,
+                        },
+                    },
+                    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                    {"jsonrpc": "2.0", "id": call_id, "method": method, "params": params},
+                ]
+                for step in steps:
+                    async with self._http.post(
+                        post_url, data=orjson.dumps(step), headers=post_headers, timeout=timeout
+                    ) as posted:
+                        if posted.status >= 300:
+                            raise _http_failure(posted.status)
+                    if step.get("id") is not None:
+                        answer = await _next_response(events, step["id"])
+                        if step["id"] == call_id:
+                            return answer
+        except (aiohttp.ClientError, TimeoutError):
+            raise UpstreamError(
+                "The gateway could not reach the MCP server behind this product."
+            ) from None
+        raise UpstreamError("The MCP server behind this product did not answer.")
+
+
+def header_value(value: str) -> str:
+    """A value for ``Mcp-Name``: as is when plain printable ASCII, else base64-wrapped."""
+    if (
+        value.isascii()
+        and value.isprintable()
+        and value == value.strip()
+        and not (value.startswith("=?base64?") and value.endswith("?="))
+    ):
+        return value
+    return "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
+
+
+def _http_failure(status: int) -> UpstreamError:
+    if status in (401, 403):
+        return UpstreamError(
+            "The MCP server behind this product refused the gateway's credentials; "
+            "please tell the portal's administrators.",
+            refused=True,
+        )
+    return UpstreamError(f"The MCP server behind this product failed (HTTP {status}).")
+
+
+async def _answer(
+    response: aiohttp.ClientResponse, request_id: int, *, lost: bool
+) -> dict[str, Any]:
+    status = response.status
+    kind = response.headers.get("Content-Type", "")
+    if status == 404 and lost:
+        raise _SessionLost
+    if kind.startswith("text/event-stream") and status == 200:
+        return await _next_response(_sse_events(response), request_id)
+    body = await response.content.read(_MAX_SSE_EVENT)
+    message = _json(body)
+    if message.get("id") == request_id and ("result" in message or "error" in message):
+        return message
+    if isinstance(message.get("error"), dict) and status < 500 and status not in (401, 403):
+        return message  # an error the server could not tie to the request (id null)
+    raise (
+        _http_failure(status)
+        if status >= 300
+        else UpstreamError(
+            "The MCP server behind this product sent an answer the gateway cannot read."
+        )
+    )
+
+
+async def _sse_events(response: aiohttp.ClientResponse) -> Any:
+    """``(event, data)`` pairs of an SSE response."""
+    event, data = "message", list[str]()
+    async for raw in response.content:
+        line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+
+
+async def _next_event(events: Any, wanted: str) -> str:
+    async for event, data in events:
+        if event == wanted:
+            return str(data)
+    raise UpstreamError("The MCP server behind this product closed its stream.")
+
+
+async def _next_response(events: Any, request_id: int) -> dict[str, Any]:
+    async for event, data in events:
+        if event != "message":
+            continue
+        message = _json(data.encode())
+        if message.get("id") == request_id and ("result" in message or "error" in message):
+            return message
+    raise UpstreamError("The MCP server behind this product closed its stream before answering.")
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    with contextlib.suppress(orjson.JSONDecodeError):
+        value = orjson.loads(body)
+        if isinstance(value, dict):
+            return value
+    return {}
