@@ -7,17 +7,19 @@ Every save of something the gateway serves publishes a revision (GatewayChangeAd
 
 from __future__ import annotations
 
+import difflib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.debug import sensitive_post_parameters
 
@@ -27,6 +29,8 @@ from catalog.models import (
     MAX_TAGS,
     OPTION_KEYS,
     Category,
+    McpServer,
+    McpTool,
     ModelRoute,
     Plan,
     Product,
@@ -49,26 +53,44 @@ def write_only_secret(help_text: str, *, required: bool = False) -> forms.CharFi
     )
 
 
-OPTION_LABELS = {"api_version": "API version (Azure OpenAI)", "region": "Region (AWS Bedrock)"}
-OPTION_PLACEHOLDERS = {"api_version": "2024-10-21", "region": "us-east-1"}
+OPTION_LABELS = {
+    "api_version": "API version (Azure OpenAI)",
+    "region": "Region (AWS Bedrock)",
+    "auth": "Auth (MCP server)",
+    "header": "Header (MCP, auth=header)",
+    "token_url": "Token URL (MCP, auth=oauth2)",
+    "client_id": "Client ID (MCP, auth=oauth2)",
+    "scope": "Scope (MCP, auth=oauth2, optional)",
+}
+OPTION_PLACEHOLDERS = {
+    "api_version": "2024-10-21",
+    "region": "us-east-1",
+    "header": "X-API-Key",
+    "token_url": "https://auth.example.com/oauth/token",
+    "client_id": "portico-gateway",
+    "scope": "mcp",
+}
+MCP_AUTH_CHOICES = [
+    ("", "default: bearer when a secret is set, else none"),
+    ("bearer", "bearer: Authorization: Bearer <secret>"),
+    ("header", "header: the secret in the header below"),
+    ("oauth2", "oauth2: client credentials; the secret is the client secret"),
+]
+
+
+def _option_input(key: str) -> forms.Widget:
+    attrs: dict[str, Any] = {"aria-label": OPTION_LABELS[key]}
+    if key == "auth":
+        return forms.Select(attrs=attrs, choices=MCP_AUTH_CHOICES)
+    attrs.update(placeholder=OPTION_PLACEHOLDERS[key], size=20)
+    return forms.TextInput(attrs=attrs)
 
 
 class VendorOptionsWidget(forms.MultiWidget):
-    """One labelled text input per vendor option."""
+    """One labelled input per vendor option."""
 
     def __init__(self) -> None:
-        super().__init__(
-            {
-                key: forms.TextInput(
-                    attrs={
-                        "placeholder": OPTION_PLACEHOLDERS[key],
-                        "aria-label": OPTION_LABELS[key],
-                        "size": 20,
-                    }
-                )
-                for key in OPTION_KEYS
-            }
-        )
+        super().__init__({key: _option_input(key) for key in OPTION_KEYS})
 
     def decompress(self, value: Any) -> list[str]:
         value = value if isinstance(value, dict) else {}
@@ -83,7 +105,11 @@ class VendorOptionsWidget(forms.MultiWidget):
             (OPTION_LABELS[key], widget.render(sub["name"], sub["value"], sub["attrs"], renderer))
             for key, widget, sub in zip(OPTION_KEYS, self.widgets, subwidgets, strict=True)
         ]
-        return format_html_join("", '<span style="margin-right:1.5em">{} {}</span>', parts)
+        return format_html_join(
+            "",
+            '<span style="display:inline-block;margin:0 1.5em .4em 0">{} {}</span>',
+            parts,
+        )
 
 
 class VendorOptionsField(forms.MultiValueField):
@@ -109,13 +135,16 @@ class UpstreamForm(forms.ModelForm):
     secret = write_only_secret(
         # Admin help texts are HTML: no angle brackets.
         "The vendor API key; for AWS Bedrock ACCESS_KEY_ID:SECRET_ACCESS_KEY, with "
-        ":SESSION_TOKEN after it for temporary credentials. Leave empty to keep the current one."
+        ":SESSION_TOKEN after it for temporary credentials; for an MCP server its backend "
+        "credential (the OAuth client secret for auth=oauth2). Leave empty to keep the "
+        "current one."
     )
     clear_secret = forms.BooleanField(required=False, help_text="Remove the stored secret.")
     options = VendorOptionsField(
         label="Vendor options",
         help_text="Azure OpenAI: the api_version of the deployment API (empty: the v1 API). "
-        "AWS Bedrock: the region, unless the base URL names it. Other vendors take none.",
+        "AWS Bedrock: the region, unless the base URL names it. MCP server: how the gateway "
+        "sends the secret (auth, and header or the OAuth client). Other vendors take none.",
     )
 
     class Meta:
@@ -141,6 +170,10 @@ class UpstreamForm(forms.ModelForm):
                 "secret",
                 "Enter the AWS credential here: the stored secret was set for another vendor.",
             )
+        auth = (cleaned.get("options") or {}).get("auth")
+        keeps_secret = self.instance.has_secret and not cleaned.get("clear_secret")
+        if vendor == Upstream.Vendor.MCP and auth and not secret and not keeps_secret:
+            self.add_error("secret", f"auth={auth} sends a secret: enter it here.")
         return cleaned
 
 
@@ -230,6 +263,9 @@ class UpstreamAdmin(GatewayChangeAdmin):
             services.upstream_set_secret(upstream=obj, secret=None)
         elif form.cleaned_data.get("secret"):
             services.upstream_set_secret(upstream=obj, secret=form.cleaned_data["secret"])
+        elif change and {"base_url", "options", "timeout_seconds"} & set(form.changed_data):
+            # Somewhere else, or another credential style: its servers may list otherwise.
+            services.mcp_servers_schedule_discovery(servers=obj.mcp_servers.all())
 
     def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
         if formset.model is not UpstreamCredential:
@@ -489,6 +525,25 @@ class ProductForm(forms.ModelForm):
         ]
 
 
+class McpServerInline(admin.StackedInline):
+    """An MCP product's server: where it is and how to reach it. Its tools, and their
+    approval, are on the server's own page (the link)."""
+
+    model = McpServer
+    extra = 1
+    max_num = 1
+    fields = ["upstream", "transport", "review"]
+    readonly_fields = ["review"]
+    show_change_link = True
+    verbose_name_plural = "MCP server (tools are reviewed on its own page)"
+
+    @admin.display(description="Review")
+    def review(self, obj: McpServer) -> str:
+        if obj.pk is None:
+            return "Save: the server is discovered, then its tools wait for approval on its page."
+        return _server_summary(obj)
+
+
 @admin.register(Product)
 class ProductAdmin(GatewayChangeAdmin):
     form = ProductForm
@@ -514,8 +569,26 @@ class ProductAdmin(GatewayChangeAdmin):
             },
         ),
     ]
-    inlines = [ModelRouteInline, PlanInline]
+    inlines = [ModelRouteInline, PlanInline, McpServerInline]
     actions = ["retire"]
+
+    def get_inline_instances(self, request, obj=None):  # type: ignore[no-untyped-def]
+        # The MCP server belongs to MCP products only; a new product shows it once saved
+        # as one (its kind is chosen on the same form).
+        return [
+            inline
+            for inline in super().get_inline_instances(request, obj)
+            if not isinstance(inline, McpServerInline)
+            or (obj is not None and obj.kind == Product.Kind.MCP)
+        ]
+
+    def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
+        if formset.model is not McpServer:
+            return super().save_formset(request, form, formset, change)
+        saved = formset.save()
+        # A new server, or one moved to another upstream or transport: discover it.
+        services.mcp_servers_schedule_discovery(servers=saved)
+        return None
 
     def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
         before = {portal.pk for portal in form.initial.get("portals", [])} if change else set()
@@ -586,3 +659,364 @@ class CategoryAdmin(admin.ModelAdmin):
         products = list(Product.objects.filter(category__in=queryset))
         super().delete_queryset(request, queryset)
         services.products_refresh_search_documents(products=products)
+
+
+# MCP servers and their tools --------------------------------------------------------------
+
+
+def _pretty_json(value: object) -> str:
+    # ASCII escapes on purpose: an invisible character shows as \u200b, not as nothing.
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True)
+
+
+def _json_block(value: object) -> SafeString:
+    return format_html(
+        '<pre style="white-space:pre-wrap;max-height:30em;overflow:auto">{}</pre>',
+        _pretty_json(value),
+    )
+
+
+def _server_summary(server: McpServer) -> str:
+    if server.last_discovered_at is None:
+        return f"Not discovered yet. {server.last_error}".strip()
+    tools = server.tools.values_list("status", "flags")
+    counts = dict.fromkeys(McpTool.Status.values, 0)
+    flagged = 0
+    for status, flags in tools:
+        counts[status] += 1
+        flagged += bool(flags)
+    state = (
+        "approved"
+        if server.approved_at
+        else "NOT APPROVED as a whole: only tools approved one by one are served, and no "
+        "prompts or resources"
+    )
+    markers = ""
+    if server.flags:
+        markers = f", {len(server.flags)} markers in its instructions, prompts or resources"
+    return (
+        f"{counts['approved'] + counts['changed']} tools served, {counts['changed']} changed "
+        f"upstream (held), {counts['new']} new; {flagged} tools flagged{markers}; {state}."
+    )
+
+
+def flags_html(flags: object) -> SafeString | str:
+    """Injection markers, prominently: what, why, where and the text around it."""
+    if not isinstance(flags, list) or not flags:
+        return "—"
+    rows = [
+        (
+            str(flag.get("code", "")),
+            str(flag.get("reason", "")),
+            str(flag.get("where", "")),
+            str(flag.get("excerpt", "")),
+        )
+        for flag in flags
+        if isinstance(flag, dict)
+    ]
+    items = format_html_join(
+        "",
+        "<li><strong>{}</strong>: {}<br><small>in <code>{}</code>: <code>{}</code></small></li>",
+        rows,
+    )
+    return format_html(
+        '<div style="color:#ba2121"><strong>⚠ {} injection marker{}: read the definition '
+        "before approving.</strong><ul>{}</ul></div>",
+        len(rows),
+        "" if len(rows) == 1 else "s",
+        items,
+    )
+
+
+def definition_diff(pinned: object, discovered: object) -> SafeString | str:
+    """The pinned (served) definition against the one the server gives now, line by line."""
+    if pinned is None:
+        return "Not approved yet: nothing is served. Approving pins the discovered definition."
+    before, after = _pretty_json(pinned).splitlines(), _pretty_json(discovered).splitlines()
+    if before == after:
+        return "Identical: the server still gives the pinned definition."
+    lines = difflib.unified_diff(
+        before, after, "pinned (served)", "discovered (held back)", lineterm="", n=3
+    )
+    colours = {"+": "background:#e6ffec", "-": "background:#ffebe9", "@": "color:#666"}
+    styled = ((colours.get(line[:1], ""), line) for line in lines)
+    return format_html(
+        '<pre style="white-space:pre-wrap;max-height:40em;overflow:auto">{}</pre>',
+        format_html_join("\n", '<span style="{}">{}</span>', styled),
+    )
+
+
+def _approve_servers(request: HttpRequest, servers: Iterable[McpServer]) -> None:
+    for server in servers:
+        try:
+            services.mcp_server_approve(server=server)
+        except ValidationError as exc:
+            messages.warning(request, f"{server}: {exc.messages[0]}")
+            continue
+        flagged = list(server.tools.filter(flags__0__isnull=False).values_list("name", flat=True))
+        note = f" {len(flagged)} of them flagged: {', '.join(flagged)}." if flagged else ""
+        messages.success(request, f"{server}: every discovered tool is pinned and served.{note}")
+
+
+def _approve_tools(request: HttpRequest, tools: Iterable[McpTool]) -> None:
+    done = []
+    for tool in tools:
+        try:
+            services.mcp_tool_approve(tool=tool)
+            done.append(tool.name)
+        except ValidationError as exc:
+            messages.warning(request, exc.messages[0])
+    if done:
+        messages.success(request, f"Pinned and serving: {', '.join(done)}.")
+
+
+def _discover(request: HttpRequest, servers: Iterable[McpServer]) -> None:
+    servers = list(servers)
+    services.mcp_servers_schedule_discovery(servers=servers)
+    messages.info(
+        request,
+        f"Discovery of {len(servers)} server{'s' if len(servers) != 1 else ''} queued; "
+        "reload in a few seconds.",
+    )
+
+
+class McpToolInline(admin.TabularInline):
+    """The server's tools at a glance; each tool's page has its diff and its approval."""
+
+    model = McpTool
+    extra = 0
+    fields = readonly_fields = ("name", "status", "flag_summary", "description")
+    show_change_link = True
+    verbose_name_plural = "Tools (delete one to stop serving it until approved again)"
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False  # tools come from discovery
+
+    @admin.display(description="Flags")
+    def flag_summary(self, obj: McpTool) -> SafeString | str:
+        if not obj.flags:
+            return "—"
+        codes = sorted({str(flag.get("code")) for flag in obj.flags if isinstance(flag, dict)})
+        return format_html('<strong style="color:#ba2121">⚠ {}</strong>', ", ".join(codes))
+
+    @admin.display(description="Description (as discovered)")
+    def description(self, obj: McpTool) -> str:
+        text = obj.discovered_definition.get("description")
+        return text[:300] if isinstance(text, str) else ""
+
+
+# What discovery found and what review decided: shown, never edited.
+_DISCOVERY_FIELDS = (
+    "summary",
+    "server_flags",
+    "server_name",
+    "server_version",
+    "protocol_version",
+    "last_checked_at",
+    "last_discovered_at",
+    "last_error",
+    "approved_at",
+)
+_SERVED_FIELDS = ("instructions", "prompts_json", "resources_json", "templates_json")
+
+
+@admin.register(McpServer)
+class McpServerAdmin(GatewayChangeAdmin):
+    change_form_template = "admin/catalog/mcpserver/change_form.html"
+    list_display = [
+        "product",
+        "upstream",
+        "transport",
+        "served",
+        "held",
+        "new",
+        "flagged",
+        "approved_at",
+        "last_discovered_at",
+        "problem",
+    ]
+    list_select_related = ["product", "upstream"]
+    list_filter = ["transport"]
+    search_fields = ["product__name", "product__slug", "upstream__name"]
+    inlines = [McpToolInline]
+    actions = ["discover_now", "approve"]
+    readonly_fields = (*_DISCOVERY_FIELDS, *_SERVED_FIELDS)
+    fieldsets = [
+        (None, {"fields": ["product", "upstream", "transport"]}),
+        (
+            "Discovery",
+            {
+                "fields": _DISCOVERY_FIELDS,
+                "description": "The server is listed again every PORTICO_MCP_REFRESH_SECONDS. "
+                "A tool that changes upstream is held for review; its approved definition "
+                "keeps being served.",
+            },
+        ),
+        ("Served as discovered once the server is approved", {"fields": _SERVED_FIELDS}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[McpServer]:
+        # The counts come with the list query, not from queries per row.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                served_count=Count("tools", filter=Q(tools__status__in=McpTool.SERVED)),
+                held_count=Count("tools", filter=Q(tools__status=McpTool.Status.CHANGED)),
+                new_count=Count("tools", filter=Q(tools__status=McpTool.Status.NEW)),
+                flagged_count=Count("tools", filter=Q(tools__flags__0__isnull=False)),
+            )
+        )
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "product"] if obj is not None else fields
+
+    @admin.display(description="Served", ordering="served_count")
+    def served(self, obj: McpServer) -> int:
+        return getattr(obj, "served_count", 0)
+
+    @admin.display(description="Held (changed)", ordering="held_count")
+    def held(self, obj: McpServer) -> int:
+        return getattr(obj, "held_count", 0)
+
+    @admin.display(description="New", ordering="new_count")
+    def new(self, obj: McpServer) -> int:
+        return getattr(obj, "new_count", 0)
+
+    @admin.display(description="Flagged tools", ordering="flagged_count")
+    def flagged(self, obj: McpServer) -> SafeString | int | str:
+        count = getattr(obj, "flagged_count", 0)
+        more = " + prompts/resources" if obj.flags else ""
+        if not count and not more:
+            return 0
+        return format_html('<strong style="color:#ba2121">⚠ {}{}</strong>', count, more)
+
+    @admin.display(description="Last problem")
+    def problem(self, obj: McpServer) -> str:
+        return obj.last_error.splitlines()[0][:120] if obj.last_error else ""
+
+    @admin.display(description="Summary")
+    def summary(self, obj: McpServer) -> str:
+        return _server_summary(obj)
+
+    @admin.display(description="Injection markers in the instructions, prompts and resources")
+    def server_flags(self, obj: McpServer) -> SafeString | str:
+        return flags_html(obj.flags)
+
+    @admin.display(description="Prompts")
+    def prompts_json(self, obj: McpServer) -> SafeString:
+        return _json_block(obj.prompts)
+
+    @admin.display(description="Resources")
+    def resources_json(self, obj: McpServer) -> SafeString:
+        return _json_block(obj.resources)
+
+    @admin.display(description="Resource templates")
+    def templates_json(self, obj: McpServer) -> SafeString:
+        return _json_block(obj.resource_templates)
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        super().save_model(request, obj, form, change)
+        if not change or {"upstream", "transport"} & set(form.changed_data):
+            services.mcp_servers_schedule_discovery(servers=[obj])
+
+    def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
+        super().save_related(request, form, formsets, change)
+        # A tool deleted in the inline is no longer served, nor found by the search.
+        services.product_refresh_search_document(product=form.instance.product)
+
+    def response_change(self, request: HttpRequest, obj: McpServer) -> HttpResponse:
+        if "_discover" in request.POST:
+            _discover(request, [obj])
+        elif "_approve_tools" in request.POST:
+            _approve_servers(request, [obj])
+        else:
+            return super().response_change(request, obj)
+        # Back to the same page, where the outcome shows.
+        return HttpResponseRedirect(request.get_full_path())
+
+    @admin.action(description="Discover now (list the tools again)")
+    def discover_now(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
+        _discover(request, queryset)
+
+    @admin.action(description="Approve tools (pin every discovered definition and serve it)")
+    def approve(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
+        _approve_servers(request, queryset.select_related("product"))
+
+
+_TOOL_PAGE_FIELDS = (
+    "server",
+    "name",
+    "status",
+    "flags_display",
+    "diff",
+    "pinned",
+    "discovered",
+    "first_seen_at",
+    "changed_at",
+    "approved_at",
+)
+
+
+@admin.register(McpTool)
+class McpToolAdmin(GatewayChangeAdmin):
+    change_form_template = "admin/catalog/mcptool/change_form.html"
+    list_display = ["name", "server", "status", "flag_count", "changed_at", "approved_at"]
+    list_filter = ["status", "server"]
+    list_select_related = ["server__product"]
+    search_fields = ["name", "server__product__name"]
+    actions = ["approve"]
+    # Nothing is editable: a tool is what its server says; an admin only approves it.
+    fields = readonly_fields = _TOOL_PAGE_FIELDS
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False  # tools come from discovery
+
+    @admin.display(description="Flags")
+    def flag_count(self, obj: McpTool) -> SafeString | int:
+        count = len(obj.flags) if isinstance(obj.flags, list) else 0
+        return format_html('<strong style="color:#ba2121">⚠ {}</strong>', count) if count else 0
+
+    @admin.display(description="Injection markers (in the discovered definition)")
+    def flags_display(self, obj: McpTool) -> SafeString | str:
+        return flags_html(obj.flags)
+
+    @admin.display(description="Pinned → discovered")
+    def diff(self, obj: McpTool) -> SafeString | str:
+        return definition_diff(obj.pinned_definition, obj.discovered_definition)
+
+    @admin.display(description="Pinned definition (what the gateway serves)")
+    def pinned(self, obj: McpTool) -> SafeString | str:
+        return "—" if obj.pinned_definition is None else _json_block(obj.pinned_definition)
+
+    @admin.display(description="Discovered definition (what the server says now)")
+    def discovered(self, obj: McpTool) -> SafeString:
+        return _json_block(obj.discovered_definition)
+
+    def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
+        # Nothing here is editable: a save must not publish.
+        return None
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        return None
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        product = obj.server.product
+        super().delete_model(request, obj)
+        services.product_refresh_search_document(product=product)
+
+    def delete_queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        products = list(Product.objects.filter(mcp_server__tools__in=queryset).distinct())
+        super().delete_queryset(request, queryset)
+        services.products_refresh_search_documents(products=products)
+
+    def response_change(self, request: HttpRequest, obj: McpTool) -> HttpResponse:
+        if "_approve" in request.POST:
+            _approve_tools(request, [obj])
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_change(request, obj)
+
+    @admin.action(description="Approve (pin the discovered definition and serve it)")
+    def approve(self, request: HttpRequest, queryset: QuerySet[McpTool]) -> None:
+        _approve_tools(request, queryset.select_related("server__product"))

@@ -9,7 +9,10 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-_http_url = RegexValidator(r"^https?://[^\s/$.?#][^\s]*$", "Enter an http:// or https:// URL.")
+from gateway.schema import MCP_VENDOR, NON_MODEL_VENDORS
+
+_HTTP_URL = r"^https?://[^\s/$.?#][^\s]*$"
+_http_url = RegexValidator(_HTTP_URL, "Enter an http:// or https:// URL.")
 
 # The gateway's limits on these values (gateway/schema.py): a value outside them would
 # make a revision the gateway refuses, so the admin refuses it first.
@@ -34,12 +37,40 @@ def validate_tags(value: object) -> None:
             )
 
 
-# Vendor options an upstream may set, by vendor (every other vendor takes none).
+# Vendor options an upstream may set, by vendor (every other vendor takes none). An MCP
+# server's say how the gateway authenticates to it with the upstream's secret
+# (gateway.schema.Upstream): ``auth`` is bearer, header (``header`` names it) or oauth2
+# (a client-credentials grant at ``token_url`` as ``client_id``, optional ``scope``);
+# without one, the gateway sends a secret as a bearer token.
 VENDOR_OPTIONS: dict[str, frozenset[str]] = {
     "azure_openai": frozenset({"api_version"}),
     "bedrock": frozenset({"region"}),
+    MCP_VENDOR: frozenset({"auth", "header", "token_url", "client_id", "scope"}),
 }
-OPTION_KEYS = ("api_version", "region")
+OPTION_KEYS = ("api_version", "region", "auth", "header", "token_url", "client_id", "scope")
+MCP_AUTH_STYLES = ("bearer", "header", "oauth2")
+# Headers the MCP transport or HTTP itself owns: a credential header must not replace them.
+RESERVED_HEADERS = frozenset(
+    {
+        "accept",
+        "connection",
+        "content-length",
+        "content-type",
+        "host",
+        "keep-alive",
+        "last-event-id",
+        "mcp-method",
+        "mcp-name",
+        "mcp-protocol-version",
+        "mcp-session-id",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(?:-[a-z]+)?$")
 _AWS_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 # Bedrock's runtime endpoints name their region: bedrock-runtime[-fips].<region>.amazonaws.com,
@@ -102,7 +133,7 @@ class Upstream(models.Model):
     """
 
     class Vendor(models.TextChoices):
-        # The values are the gateway's (gateway.providers.VENDORS).
+        # The model vendors' values are the gateway's (gateway.providers.VENDORS).
         OPENAI = "openai", "OpenAI"
         AZURE_OPENAI = "azure_openai", "Azure OpenAI"
         ANTHROPIC = "anthropic", "Anthropic"
@@ -114,6 +145,8 @@ class Upstream(models.Model):
         OLLAMA = "ollama", "Ollama"
         VLLM = "vllm", "vLLM"
         OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
+        # Not a model vendor: a hosted MCP server (base_url is its MCP endpoint).
+        MCP = MCP_VENDOR, "MCP server"
 
     name = models.CharField(
         max_length=120,
@@ -125,7 +158,8 @@ class Upstream(models.Model):
     base_url = models.CharField(
         max_length=500,
         validators=[_http_url],
-        help_text="The API base, e.g. https://api.openai.com/v1",
+        help_text="The API base, e.g. https://api.openai.com/v1; for an MCP server its "
+        "endpoint, e.g. https://mcp.example.com/mcp (the SSE URL for the legacy transport).",
     )
     # Envelope-encrypted (catalog/crypto.py); never rendered back to anyone.
     secret_ciphertext = models.TextField(blank=True, default="", editable=False)
@@ -137,7 +171,8 @@ class Upstream(models.Model):
         default=dict,
         blank=True,
         validators=[validate_options],
-        help_text="api_version for Azure OpenAI; region for AWS Bedrock.",
+        help_text="api_version for Azure OpenAI; region for AWS Bedrock; auth (and header, "
+        "token_url, client_id, scope) for an MCP server.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -192,7 +227,44 @@ class Upstream(models.Model):
                     "AWS Bedrock needs a region, e.g. us-east-1: set it here, or use a base "
                     "URL that names it (https://bedrock-runtime.us-east-1.amazonaws.com)."
                 )
+        if self.vendor == MCP_VENDOR:
+            errors.extend(mcp_auth_errors(options))
         return errors
+
+
+def mcp_auth_errors(options: dict[str, str]) -> list[str]:
+    """What is wrong with an MCP server's auth options (see ``VENDOR_OPTIONS``)."""
+    auth = options.get("auth", "")
+    if auth and auth not in MCP_AUTH_STYLES:
+        return [
+            f"The auth option is one of {', '.join(MCP_AUTH_STYLES)} (empty: bearer when the "
+            f"upstream has a secret), not {auth!r}."
+        ]
+    errors: list[str] = []
+    header = options.get("header")
+    if auth == "header" and not header:
+        errors.append("Name the header the secret goes in (the header option), e.g. X-API-Key.")
+    elif header and auth != "header":
+        errors.append("The header option is only for auth=header; remove it.")
+    elif header and (not _HEADER_NAME.match(header) or header.lower() in RESERVED_HEADERS):
+        errors.append(f"{header!r} cannot carry the credential: use a header like X-API-Key.")
+    oauth = {key: options.get(key) for key in ("token_url", "client_id", "scope")}
+    if auth == "oauth2":
+        if not oauth["token_url"] or not oauth["client_id"]:
+            errors.append(
+                "OAuth client credentials need the token_url and client_id options (the "
+                "secret is the client secret)."
+            )
+        elif not re.match(_HTTP_URL, oauth["token_url"]):
+            errors.append("The token_url is an http:// or https:// URL.")
+    else:
+        extra = sorted(key for key, value in oauth.items() if value)
+        if extra:
+            errors.append(
+                f"The {', '.join(extra)} option{'s are' if len(extra) > 1 else ' is'} "
+                "only for auth=oauth2; remove it."
+            )
+    return errors
 
 
 class UpstreamCredential(models.Model):
@@ -311,6 +383,10 @@ class Product(models.Model):
         return self.name
 
 
+# Model routes go to model vendors only; an MCP server's upstream serves its product.
+MODEL_UPSTREAMS = ~models.Q(vendor__in=sorted(NON_MODEL_VENDORS))
+
+
 def validate_name_list(value: object) -> None:
     if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
         raise ValidationError("Fallbacks must be a list of model names.")
@@ -346,7 +422,12 @@ class ModelRoute(models.Model):
         default=Kind.CHAT,
         help_text="Which API serves it: chat (and messages) or embeddings.",
     )
-    upstream = models.ForeignKey(Upstream, on_delete=models.PROTECT, related_name="routes")
+    upstream = models.ForeignKey(
+        Upstream,
+        on_delete=models.PROTECT,
+        related_name="routes",
+        limit_choices_to=MODEL_UPSTREAMS,
+    )
     upstream_model = models.CharField(max_length=200, help_text="The model's name upstream.")
     weight = models.PositiveSmallIntegerField(
         default=1,
@@ -464,7 +545,12 @@ class RouteTarget(models.Model):
     """A further target of a model route: another upstream, or another model there."""
 
     route = models.ForeignKey(ModelRoute, on_delete=models.CASCADE, related_name="extra_targets")
-    upstream = models.ForeignKey(Upstream, on_delete=models.PROTECT, related_name="route_targets")
+    upstream = models.ForeignKey(
+        Upstream,
+        on_delete=models.PROTECT,
+        related_name="route_targets",
+        limit_choices_to=MODEL_UPSTREAMS,
+    )
     upstream_model = models.CharField(max_length=200, help_text="The model's name upstream.")
     weight = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(MAX_WEIGHT)])
     position = models.PositiveSmallIntegerField(default=0, help_text="Order among the targets.")
@@ -524,3 +610,132 @@ class Plan(models.Model):
 
     def __str__(self) -> str:
         return f"{self.product.slug}: {self.name}"
+
+
+class McpServer(models.Model):
+    """The hosted MCP server behind an MCP product, and what discovery last found there.
+
+    The upstream (vendor ``mcp``) holds the endpoint and the backend credential, which
+    the gateway injects; the app's own key never reaches the server. Discovery (a
+    Celery task, on a schedule) fills in the rest: the server's instructions, prompts,
+    resources and templates as it lists them, and the :class:`McpTool` rows.
+    Nothing is served before an admin approves the server (``approved_at``).
+    """
+
+    class Transport(models.TextChoices):
+        STREAMABLE_HTTP = "streamable_http", "Streamable HTTP"
+        SSE = "sse", "HTTP+SSE (the deprecated 2024-11-05 transport)"
+
+    product = models.OneToOneField(
+        Product,
+        on_delete=models.CASCADE,
+        related_name="mcp_server",
+        limit_choices_to={"kind": Product.Kind.MCP},
+    )
+    upstream = models.ForeignKey(
+        Upstream,
+        on_delete=models.PROTECT,
+        related_name="mcp_servers",
+        limit_choices_to={"vendor": MCP_VENDOR},
+        help_text="An upstream of vendor 'MCP server': its base URL is the MCP endpoint, its "
+        "secret and auth options the backend credential.",
+    )
+    transport = models.CharField(
+        max_length=16,
+        choices=Transport.choices,
+        default=Transport.STREAMABLE_HTTP,
+        help_text="Streamable HTTP serves both protocol eras (2025-11-25 sessions and "
+        "2026-07-28); HTTP+SSE is for servers that offer only the old /sse endpoint.",
+    )
+    # What discovery found; never edited by hand.
+    server_name = models.CharField(max_length=200, blank=True, editable=False)
+    server_version = models.CharField(max_length=100, blank=True, editable=False)
+    protocol_version = models.CharField(max_length=20, blank=True, editable=False)
+    instructions = models.TextField(blank=True, editable=False)
+    prompts = models.JSONField(default=list, blank=True, editable=False)
+    resources = models.JSONField(default=list, blank=True, editable=False)
+    resource_templates = models.JSONField(default=list, blank=True, editable=False)
+    last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_discovered_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Injection markers (catalog.mcp_scan) in the instructions, prompts and resources,
+    # which are served as discovered once the server is approved.
+    flags = models.JSONField(default=list, blank=True, editable=False)
+    # Why the last discovery failed, or what it had to leave out; empty when all went well.
+    last_error = models.TextField(blank=True, editable=False)
+    approved_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["product__name"]
+        verbose_name = "MCP server"
+
+    def __str__(self) -> str:
+        return str(self.product) if self.product_id else "MCP server"
+
+    def clean(self) -> None:
+        # The inline on a product's page leaves its product out of field validation.
+        if self.product_id is not None and self.product.kind != Product.Kind.MCP:
+            raise ValidationError("Only a product of kind 'MCP server' has an MCP server.")
+
+
+class McpToolQuerySet(models.QuerySet["McpTool"]):
+    def served(self) -> McpToolQuerySet:
+        """The tools the gateway serves, by name: approved, or changed upstream and held
+        (either way with their pinned definition)."""
+        return self.filter(status__in=McpTool.SERVED, pinned_definition__isnull=False).order_by(
+            "name"
+        )
+
+
+class McpTool(models.Model):
+    """A tool of an MCP server: the definition served (pinned) and the one last seen.
+
+    An admin's approval pins the discovered definition; from then on the gateway serves
+    the pinned one, whatever the server says. A later difference upstream (a "rug
+    pull") is held as ``changed`` for review while the pinned definition keeps being
+    served; a tool first seen after approval is ``new`` and not served until approved.
+    ``flags`` are the injection markers found in the discovered definition
+    (catalog.mcp_scan).
+    """
+
+    class Status(models.TextChoices):
+        NEW = "new", "New (not approved)"
+        APPROVED = "approved", "Approved"
+        CHANGED = "changed", "Changed upstream (held for review)"
+        REMOVED = "removed", "Gone upstream"
+
+    SERVED = (Status.APPROVED, Status.CHANGED)
+
+    server = models.ForeignKey(McpServer, on_delete=models.CASCADE, related_name="tools")
+    # The gateway's limit on names (gateway.schema.Name).
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
+    pinned_definition = models.JSONField(null=True, blank=True, editable=False)
+    discovered_definition = models.JSONField(default=dict, editable=False)
+    flags = models.JSONField(default=list, blank=True, editable=False)
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+    # When the server's definition last came to differ from the pinned one (or went).
+    changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    approved_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = McpToolQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["server", "name"]
+        verbose_name = "MCP tool"
+        constraints = [
+            models.UniqueConstraint(fields=["server", "name"], name="mcp_tool_unique_name"),
+            models.CheckConstraint(
+                condition=~models.Q(status__in=["approved", "changed"])
+                | models.Q(pinned_definition__isnull=False),
+                name="mcp_tool_served_is_pinned",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_served(self) -> bool:
+        return self.status in self.SERVED and self.pinned_definition is not None

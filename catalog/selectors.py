@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
-from catalog.models import Category, Product
+from catalog.models import Category, McpServer, McpTool, Product
 from portal.models import Portal
 
 # A search is a handful of words; more only makes the query longer, not better.
@@ -93,3 +96,68 @@ def category_list_for_catalog(*, portal: Portal | None) -> QuerySet[Category]:
     return Category.objects.filter(
         pk__in=products.filter(category__isnull=False).values("category_id")
     ).order_by("name")
+
+
+@dataclass(frozen=True)
+class ToolListing:
+    """A served tool as the product page shows it (its pinned definition)."""
+
+    name: str
+    title: str
+    description: str
+    input_schema: str  # pretty JSON
+
+
+@dataclass(frozen=True)
+class McpListing:
+    """What developers are shown of an MCP product: exactly what the gateway serves."""
+
+    tools: list[ToolListing]
+    instructions: str = ""
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    resource_templates: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def mcp_listing_for(*, product: Product) -> McpListing | None:
+    """The served tools (pinned definitions), prompts and resources of an MCP product;
+    ``None`` before it has a server. The upstream's URL and credential are not in it."""
+    if product.kind != Product.Kind.MCP:
+        return None
+    server = (
+        McpServer.objects.filter(product=product)
+        .prefetch_related(Prefetch("tools", queryset=McpTool.objects.served(), to_attr="served"))
+        .first()
+    )
+    if server is None:
+        return None
+    tools = []
+    for tool in getattr(server, "served", []):
+        definition = tool.pinned_definition or {}
+        annotations = definition.get("annotations")
+        title = _text(definition.get("title")) or _text(
+            annotations.get("title") if isinstance(annotations, dict) else None
+        )
+        tools.append(
+            ToolListing(
+                name=tool.name,
+                title=title,
+                description=_text(definition.get("description")),
+                input_schema=json.dumps(
+                    definition.get("inputSchema", {}), indent=2, ensure_ascii=False
+                ),
+            )
+        )
+    if server.approved_at is None:
+        return McpListing(tools=tools)
+    return McpListing(
+        tools=tools,
+        instructions=server.instructions,
+        prompts=[p for p in server.prompts if isinstance(p, dict)],
+        resources=[r for r in server.resources if isinstance(r, dict)],
+        resource_templates=[t for t in server.resource_templates if isinstance(t, dict)],
+    )

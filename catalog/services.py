@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
-from catalog.crypto import encrypt_secret
+from catalog.crypto import decrypt_secret, encrypt_secret
+from catalog.mcp_scan import scan_tool, scan_value
 from catalog.models import (
     Category,
+    McpServer,
+    McpTool,
     ModelRoute,
     Plan,
     Product,
@@ -28,6 +37,9 @@ from catalog.models import (
 from gatewaysync.services import gateway_changed
 from portal import audit
 from portal.models import Portal
+
+if TYPE_CHECKING:
+    from catalog.mcp_discovery import Discovery
 
 
 @transaction.atomic
@@ -65,6 +77,8 @@ def upstream_set_secret(*, upstream: Upstream, secret: str | None) -> Upstream:
     upstream.save(update_fields=["secret_ciphertext", "updated_at"])
     audit.record("upstream.secret_set" if secret else "upstream.secret_clear", upstream)
     gateway_changed()
+    # A new credential may open (or close) what an MCP server lists: look again.
+    mcp_servers_schedule_discovery(servers=upstream.mcp_servers.all())
     return upstream
 
 
@@ -353,12 +367,24 @@ def normalize_tags(tags: Iterable[str]) -> list[str]:
     return result
 
 
-def _search_document(product: Product, *, category_name: str, route_names: Iterable[str]) -> str:
-    # One lower-cased line per source. MCP tool names and agent skill names join here
-    # when those features land, so one column keeps serving every search term.
+def _search_document(
+    product: Product,
+    *,
+    category_name: str,
+    route_names: Iterable[str],
+    tools: Iterable[McpTool] = (),
+) -> str:
+    # One lower-cased line per source: one column keeps serving every search term.
+    # (Agent skill names join here when that feature lands.)
     parts = [product.name, product.slug, product.description, category_name]
     parts.extend(tag for tag in product.tags if isinstance(tag, str))
     parts.extend(route_names)
+    for tool in tools:
+        # Only what developers are shown: served tools, as pinned.
+        if tool.is_served:
+            description = (tool.pinned_definition or {}).get("description")
+            parts.append(tool.name)
+            parts.append(" ".join(description.split()) if isinstance(description, str) else "")
     return "\n".join(part for part in parts if part).lower()
 
 
@@ -371,7 +397,12 @@ def product_refresh_search_document(*, product: Product) -> Product:
         else None
     )
     route_names = ModelRoute.objects.filter(product=product).values_list("name", flat=True)
-    document = _search_document(product, category_name=category_name or "", route_names=route_names)
+    document = _search_document(
+        product,
+        category_name=category_name or "",
+        route_names=route_names,
+        tools=McpTool.objects.filter(server__product=product).order_by("name"),
+    )
     if document != product.search_document:
         product.search_document = document
         # Not updated_at: the document is derived, nothing a person changed.
@@ -386,16 +417,237 @@ def products_refresh_search_documents(*, products: Iterable[Product]) -> int:
     changed = []
     for product in (
         Product.objects.filter(pk__in=ids)
-        .select_related("category")
-        .prefetch_related("model_routes")
+        .select_related("category", "mcp_server")
+        .prefetch_related("model_routes", "mcp_server__tools")
     ):
+        server = getattr(product, "mcp_server", None)
         document = _search_document(
             product,
             category_name=product.category.name if product.category else "",
             route_names=[route.name for route in product.model_routes.all()],
+            tools=server.tools.all() if server is not None else (),
         )
         if document != product.search_document:
             product.search_document = document
             changed.append(product)
     Product.objects.bulk_update(changed, ["search_document"], batch_size=500)
     return len(changed)
+
+
+# MCP servers ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def mcp_server_create(
+    *,
+    product: Product,
+    upstream: Upstream,
+    transport: str = McpServer.Transport.STREAMABLE_HTTP,
+) -> McpServer:
+    """Put the MCP server ``upstream`` behind ``product`` and discover it after commit.
+
+    Nothing it offers is served until an admin approves it (:func:`mcp_server_approve`).
+    """
+    server = McpServer(product=product, upstream=upstream, transport=transport)
+    server.full_clean()
+    server.save()
+    audit.record("mcp_server.create", server, upstream=upstream.pk, transport=transport)
+    gateway_changed()
+    mcp_servers_schedule_discovery(servers=[server])
+    return server
+
+
+def mcp_servers_schedule_discovery(*, servers: Iterable[McpServer]) -> None:
+    """Discover ``servers`` in the background once the current transaction commits."""
+    from catalog.tasks import mcp_server_discover_task
+
+    for server in servers:
+        transaction.on_commit(partial(mcp_server_discover_task.delay, server.pk))
+
+
+def mcp_server_discover(*, server: McpServer) -> McpServer:
+    """Connect to the server now, list what it offers and record it (or why it failed).
+
+    Blocks for up to ``PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS`` (or the upstream's own
+    timeout when shorter); Celery's task and the demo seed call it. Deliberately not
+    atomic: no transaction (nor SQLite's write lock) is held while waiting on a server.
+    """
+    # Imported here: the SDK takes a second to import, which only discovery should pay.
+    from catalog.mcp_discovery import DiscoveryError, Endpoint, discover
+
+    upstream = server.upstream
+    endpoint = Endpoint(
+        url=upstream.base_url,
+        transport=server.transport,
+        options=dict(upstream.options),
+        secret=decrypt_secret(upstream.secret_ciphertext) if upstream.has_secret else None,
+    )
+    seconds = min(upstream.timeout_seconds, float(settings.PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS))
+    try:
+        found = discover(endpoint, timeout=seconds)
+    except DiscoveryError as exc:
+        return mcp_server_record_failure(server=server, error=str(exc))
+    return mcp_server_record_discovery(server=server, discovery=found)
+
+
+@transaction.atomic
+def mcp_server_record_failure(*, server: McpServer, error: str) -> McpServer:
+    """Note a failed discovery. What was found before stays, and keeps being served:
+    a server that is down for a while must not lose its approved tools."""
+    server.last_error = error
+    server.last_checked_at = timezone.now()
+    server.save(update_fields=["last_error", "last_checked_at", "updated_at"])
+    return server
+
+
+def _served_state(server: McpServer) -> tuple[Any, ...]:
+    """What of ``server`` the gateway serves but its pinned definitions (which discovery
+    never changes): a difference before and after a discovery means a new revision."""
+    served = list(McpTool.objects.served().filter(server=server).values_list("name", flat=True))
+    if server.approved_at is None:
+        return (served,)
+    return (
+        served,
+        server.instructions,
+        server.prompts,
+        server.resources,
+        server.resource_templates,
+    )
+
+
+def _held_status(tool: McpTool, definition: dict[str, Any]) -> str:
+    """The pinning rule: what a tool's status is when the server now says ``definition``."""
+    if tool.pinned_definition is None:
+        return McpTool.Status.NEW
+    if tool.pinned_definition == definition:
+        return McpTool.Status.APPROVED
+    return McpTool.Status.CHANGED
+
+
+@transaction.atomic
+def mcp_server_record_discovery(*, server: McpServer, discovery: Discovery) -> McpServer:
+    """Store what a discovery found and apply the pinning rules to the tools.
+
+    - a tool never seen is ``new``: not served until an admin approves it;
+    - a pinned tool whose definition differs now is ``changed``: held for review, and
+      the pinned definition keeps being served (a "rug pull" changes nothing served);
+      back as pinned, it is ``approved`` again;
+    - a pinned tool the server no longer lists is ``removed`` and no longer served
+      (calls to it could only fail); an unapproved one is forgotten.
+
+    Every discovered definition is scanned for injection markers (``flags``), and so are
+    the server's instructions, prompts and resources (the server's ``flags``). Only a
+    change to what is served (a removal; prompts, resources or instructions of an
+    approved server) publishes a revision.
+    """
+    # Two discoveries of one server (beat's and an admin's) take turns; the caller's
+    # instance is brought up to date, so it sees what was recorded.
+    McpServer.objects.select_for_update().filter(pk=server.pk).values_list("pk").get()
+    server.refresh_from_db()
+    before = _served_state(server)
+    now = timezone.now()
+    existing = {tool.name: tool for tool in server.tools.all()}
+    held: list[str] = []
+    fresh: list[McpTool] = []
+    for definition in discovery.tools:
+        name = definition["name"]
+        flags = [finding.as_json() for finding in scan_tool(definition)]
+        tool = existing.pop(name, None)
+        if tool is None:
+            fresh.append(
+                McpTool(server=server, name=name, discovered_definition=definition, flags=flags)
+            )
+            continue
+        status = _held_status(tool, definition)
+        if (status, definition, flags) == (tool.status, tool.discovered_definition, tool.flags):
+            continue
+        if status == McpTool.Status.CHANGED and definition != tool.discovered_definition:
+            tool.changed_at = now
+            held.append(name)
+        tool.status, tool.discovered_definition, tool.flags = status, definition, flags
+        tool.save(update_fields=["status", "discovered_definition", "flags", "changed_at"])
+    McpTool.objects.bulk_create(fresh)
+    gone = [tool for tool in existing.values() if tool.status != McpTool.Status.REMOVED]
+    for tool in gone:
+        if tool.pinned_definition is None:
+            tool.delete()
+        else:
+            tool.status, tool.changed_at = McpTool.Status.REMOVED, now
+            tool.save(update_fields=["status", "changed_at"])
+
+    server.protocol_version = discovery.protocol_version
+    server.server_name = discovery.server_name
+    server.server_version = discovery.server_version
+    server.instructions = discovery.instructions
+    server.prompts = discovery.prompts
+    server.resources = discovery.resources
+    server.resource_templates = discovery.resource_templates
+    served_text = {
+        "instructions": discovery.instructions,
+        "prompts": discovery.prompts,
+        "resources": discovery.resources,
+        "resource_templates": discovery.resource_templates,
+    }
+    server.flags = [finding.as_json() for finding in scan_value(served_text)]
+    server.last_error = "\n".join(discovery.problems)
+    server.last_checked_at = server.last_discovered_at = now
+    server.save()
+    if held or (fresh and server.approved_at is not None):
+        # Changes after approval are what review is for: keep a trail of them.
+        audit.record(
+            "mcp_server.tools_held",
+            server,
+            changed=held,
+            new=[tool.name for tool in fresh],
+        )
+    if _served_state(server) != before:
+        product_refresh_search_document(product=server.product)
+        gateway_changed()
+    return server
+
+
+def _pin(tool: McpTool, now: datetime) -> None:
+    tool.pinned_definition = tool.discovered_definition
+    tool.status = McpTool.Status.APPROVED
+    tool.approved_at = now
+    tool.save(update_fields=["pinned_definition", "status", "approved_at"])
+
+
+@transaction.atomic
+def mcp_server_approve(*, server: McpServer) -> McpServer:
+    """Approve the server as discovered: pin every tool's current definition, and serve
+    its prompts, resources and instructions from now on.
+
+    Flagged tools are approved too (the admin has seen the flags); the audit event names
+    them.
+    """
+    if server.last_discovered_at is None:
+        raise ValidationError("Nothing to approve yet: the server has not been discovered.")
+    now = timezone.now()
+    tools = list(server.tools.exclude(status=McpTool.Status.REMOVED))
+    for tool in tools:
+        _pin(tool, now)
+    server.approved_at = now
+    server.save(update_fields=["approved_at", "updated_at"])
+    audit.record(
+        "mcp_server.approve",
+        server,
+        tools=[tool.name for tool in tools],
+        flagged=[tool.name for tool in tools if tool.flags],
+    )
+    product_refresh_search_document(product=server.product)
+    gateway_changed()
+    return server
+
+
+@transaction.atomic
+def mcp_tool_approve(*, tool: McpTool) -> McpTool:
+    """Pin one tool's discovered definition: a new tool starts being served, a changed
+    one is served as the server now describes it."""
+    if tool.status == McpTool.Status.REMOVED:
+        raise ValidationError(f"{tool.name} is gone from the server: there is nothing to pin.")
+    _pin(tool, timezone.now())
+    audit.record("mcp_tool.approve", tool, server=tool.server_id, flagged=bool(tool.flags))
+    product_refresh_search_document(product=tool.server.product)
+    gateway_changed()
+    return tool

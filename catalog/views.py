@@ -13,6 +13,7 @@ from catalog.forms import CatalogSearchForm
 from catalog.models import Product
 from catalog.selectors import (
     category_list_for_catalog,
+    mcp_listing_for,
     product_get_published,
     product_search,
     products_in_order,
@@ -89,6 +90,7 @@ def product_detail(request: PortalRequest, slug: str) -> HttpResponse:
         "catalog/product_detail.html",
         {
             "product": product,
+            "mcp": mcp_listing_for(product=product),
             "panel": subscription_panel_for(user=request.user, portal=portal, product=product),
         },
     )

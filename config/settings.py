@@ -62,6 +62,12 @@ PORTICO_REVISIONS_KEPT = env_int("PORTICO_REVISIONS_KEPT", 20, minimum=2)
 # catching expiries and drift (gatewaysync.tasks.revision_reconcile_task).
 PORTICO_FULL_COMPILE_SECONDS = env_int("PORTICO_FULL_COMPILE_SECONDS", 600, minimum=10)
 PORTICO_RECONCILE_SECONDS = env_int("PORTICO_RECONCILE_SECONDS", 5, minimum=1)
+# MCP servers: how often beat lists every server's tools again (a tool changed upstream
+# is held for review from then on), and how long one discovery may take in all.
+PORTICO_MCP_REFRESH_SECONDS = env_int("PORTICO_MCP_REFRESH_SECONDS", 900, minimum=30)
+PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS = env_int(
+    "PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS", 30, minimum=1
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -227,7 +233,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # The MCP SDK's HTTP client logs every request line at INFO: noise in the worker.
+        "httpx2": {"level": "WARNING"},
+    },
 }
 
 # Email: SMTP when PORTICO_EMAIL_HOST is set, else printed to the log (embedded default).
@@ -279,6 +289,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "gatewaysync.revision_reconcile",
         "schedule": float(PORTICO_RECONCILE_SECONDS),
         "options": {"expires": float(PORTICO_RECONCILE_SECONDS)},
+    },
+    "mcp-refresh": {
+        "task": "catalog.mcp_servers_refresh",
+        "schedule": float(PORTICO_MCP_REFRESH_SECONDS),
+        "options": {"expires": float(PORTICO_MCP_REFRESH_SECONDS)},
     },
 }
 if REDIS_URL:

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import ValidationError
 from django.shortcuts import render
+from django.utils.html import format_html
 
+from catalog.admin import CommaSeparatedField
+from catalog.models import McpTool, Product
 from config.admin import ReadOnlyAdmin
 from consumers import services
 from consumers.models import Consumer, Credential, Subscription, UsageRecord
@@ -87,8 +92,51 @@ class CredentialAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {len(queryset)} keys.", messages.SUCCESS)
 
 
+class ToolNamesField(CommaSeparatedField):
+    """An allow-list of tool names; empty is ``None``: every tool."""
+
+    def to_python(self, value: object) -> list[str] | None:  # type: ignore[override]
+        return super().to_python(value) or None
+
+
+class SubscriptionForm(forms.ModelForm):
+    allowed_tools = ToolNamesField(
+        required=False,
+        help_text="MCP products only: comma-separated names of the tools this app may list "
+        "and call. Empty: every tool the product serves.",
+    )
+
+    class Meta:
+        model = Subscription
+        fields = ["consumer", "product", "plan", "allowed_tools"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        product_id = self.instance.product_id
+        if product_id is not None:
+            names = list(
+                McpTool.objects.filter(server__product_id=product_id).values_list("name", flat=True)
+            )
+            if names:
+                # Escaped: the admin shows help texts as HTML, and the server names its tools.
+                field = self.fields["allowed_tools"]
+                field.help_text = format_html(
+                    "{} This product's tools: {}.", field.help_text, ", ".join(names)
+                )
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        tools, product = cleaned.get("allowed_tools"), cleaned.get("product")
+        if tools is not None and isinstance(product, Product):
+            for problem in services.allowed_tools_errors(product=product, names=tools):
+                self.add_error("allowed_tools", problem)
+        return cleaned
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
+    form = SubscriptionForm
     list_display = ["consumer", "product", "plan", "status", "created_at", "decided_at"]
     list_filter = ["status", "product"]
     list_select_related = ["consumer", "product", "plan", "plan__product"]
@@ -96,13 +144,19 @@ class SubscriptionAdmin(admin.ModelAdmin):
     actions = ["approve", "reject", "revoke"]
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        tools = form.cleaned_data.get("allowed_tools")
         if change:
             super().save_model(request, obj, form, change)
+            if "allowed_tools" in form.changed_data:
+                # Through the service: audited, and the gateway learns it.
+                services.subscription_set_allowed_tools(subscription=obj, tools=tools)
             return
         try:
             created = services.subscription_create(
                 consumer=obj.consumer, product=obj.product, plan=obj.plan
             )
+            if tools is not None:
+                services.subscription_set_allowed_tools(subscription=created, tools=tools)
         except ValidationError as exc:
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
             return

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+
+def validate_tool_names(value: object) -> None:
+    if value is not None and (
+        not isinstance(value, list) or not all(isinstance(name, str) and name for name in value)
+    ):
+        raise ValidationError("Allowed tools are a list of tool names.")
 
 
 class Consumer(models.Model):
@@ -76,6 +84,15 @@ class Subscription(models.Model):
     plan = models.ForeignKey("catalog.Plan", on_delete=models.PROTECT, related_name="subscriptions")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     decision_reason = models.TextField(blank=True)
+    # MCP products: the only tools this subscription may list and call; None: all of them.
+    # Set by admins (consumers.services.subscription_set_allowed_tools).
+    allowed_tools = models.JSONField(
+        null=True,
+        blank=True,
+        default=None,
+        validators=[validate_tool_names],
+        help_text="MCP products only: the tools this app may use. Empty: every tool.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
 

@@ -14,7 +14,7 @@ from django.db.models import Count, F, Field, Max, Min, Model, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncWeek
 from django.utils import timezone
 
-from catalog.models import Plan, Product
+from catalog.models import McpTool, Plan, Product
 from consumers.models import (
     ROLLUP_SUMS,
     Consumer,
@@ -232,6 +232,40 @@ def subscription_revoke(*, subscription: Subscription, reason: str = "") -> Subs
     if subscription.status not in Subscription.LIVE:
         raise ValidationError(f"This subscription has already ended ({subscription.status}).")
     return _decide(subscription, Subscription.Status.REVOKED, reason)
+
+
+@transaction.atomic
+def subscription_set_allowed_tools(
+    *, subscription: Subscription, tools: Iterable[str] | None
+) -> Subscription:
+    """Restrict an MCP subscription to ``tools`` (``None``: every tool of the product).
+
+    The names must be tools the product's server has listed (any status: an allow-list
+    may name a tool before it is approved); each is kept once, sorted.
+    """
+    names = None if tools is None else sorted(set(tools))
+    if names is not None:
+        problems = allowed_tools_errors(product=subscription.product, names=names)
+        if problems:
+            raise ValidationError({"allowed_tools": problems})
+    subscription.allowed_tools = names
+    subscription.save(update_fields=["allowed_tools"])
+    audit.record("subscription.allowed_tools", subscription, tools=names)
+    gateway_changed()
+    return subscription
+
+
+def allowed_tools_errors(*, product: Product, names: Iterable[str]) -> list[str]:
+    """Why ``names`` cannot be an allow-list of ``product``'s tools (empty: they can)."""
+    if product.kind != Product.Kind.MCP:
+        return ["Only subscriptions to MCP products have tools to allow."]
+    names = list(names)
+    known = set(McpTool.objects.filter(server__product=product).values_list("name", flat=True))
+    unknown = [name for name in names if name not in known]
+    if not unknown:
+        return []
+    listed = ", ".join(sorted(known)) or "none yet"
+    return [f"{product.name} has no tool named {', '.join(unknown)} (its tools: {listed})."]
 
 
 def _dt(ts: float) -> datetime:

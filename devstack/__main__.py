@@ -1,9 +1,10 @@
 """``make run``: bring up the whole of Portico on the embedded defaults, with demo data.
 
-Migrates, seeds the demo (idempotent), starts the mock LLM, the portal, a Celery
-worker and beat, and the gateway; waits until the demo key works through the
-gateway; prints how to use it and writes the same to ``var/demo.json``; then runs
-until Ctrl-C (or SIGTERM), when it stops every process and exits 0.
+Migrates, seeds the demo (idempotent), starts the mock LLM and the demo MCP server,
+discovers and approves the demo MCP product's tools, starts the portal, a Celery worker
+and beat, and the gateway; waits until the demo key works through the gateway; prints
+how to use it and writes the same to ``var/demo.json``; then runs until Ctrl-C (or
+SIGTERM), when it stops every process and exits 0.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import httpx
 from devstack.portico import (
     Ports,
     start_beat,
+    start_demo_mcp,
     start_gateway,
     start_mock_llm,
     start_portal,
@@ -61,20 +63,22 @@ def main() -> int:
     from django.conf import settings
     from django.core.management import call_command
 
-    from portal.demo import seed_demo
+    from portal.demo import seed_demo, seed_demo_mcp_tools
 
     ports = Ports(
         portal=_env_port("PORTICO_PORTAL_PORT", 8000),
         gateway=_env_port("PORTICO_GATEWAY_PORT", 8080),
         mock_llm=_env_port("PORTICO_MOCK_LLM_PORT", 9100),
+        demo_mcp=_env_port("PORTICO_DEMO_MCP_PORT", 9200),
     )
-    busy = [p for p in (ports.portal, ports.gateway, ports.mock_llm) if port_in_use(p)]
+    all_ports = (ports.portal, ports.gateway, ports.mock_llm, ports.demo_mcp)
+    busy = [p for p in all_ports if port_in_use(p)]
     if busy:
         # Otherwise the readiness checks below would pass against whatever holds them.
         print(
             f"Port(s) {', '.join(map(str, busy))} are in use: is Portico already running? "
-            "Stop it, or choose other ports with PORTICO_PORTAL_PORT, PORTICO_GATEWAY_PORT "
-            "and PORTICO_MOCK_LLM_PORT.",
+            "Stop it, or choose other ports with PORTICO_PORTAL_PORT, PORTICO_GATEWAY_PORT, "
+            "PORTICO_MOCK_LLM_PORT and PORTICO_DEMO_MCP_PORT.",
             file=sys.stderr,
         )
         return 1
@@ -85,7 +89,7 @@ def main() -> int:
     print("Migrating the database…", flush=True)
     call_command("migrate", interactive=False, verbosity=0)
     # The seed's changes queue a publish for the worker, which starts below.
-    seed = seed_demo(mock_llm_url=ports.mock_llm_url)
+    seed = seed_demo(mock_llm_url=ports.mock_llm_url, demo_mcp_url=ports.demo_mcp_url)
 
     child_env = {
         "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -104,8 +108,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        print("Starting the mock LLM, portal, worker, beat and gateway…", flush=True)
+        print(
+            "Starting the mock LLM, demo MCP server, portal, worker, beat and gateway…",
+            flush=True,
+        )
         start_mock_llm(stack, ports, require_key=seed.upstream_key)
+        start_demo_mcp(stack, ports, require_key=seed.mcp_upstream_key)
+        # Discovered here, at once, rather than by the worker: the first revision then
+        # already serves the demo tools. (Queued publishes wait for the worker below.)
+        seed_demo_mcp_tools()
         start_portal(stack, ports)
         start_worker(stack)
         start_beat(stack, str(var_dir / "celery" / "beat-schedule"))
@@ -121,7 +132,7 @@ def main() -> int:
             _announce(stack, ports, seed, demo_file, model)
         while not stopping.wait(1.0):
             stack.check_alive()
-    except (ServiceFailed, TimeoutError) as exc:
+    except (ServiceFailed, TimeoutError, RuntimeError) as exc:
         print(f"\nPortico stopped: {exc}", file=sys.stderr, flush=True)
         stack.stop_all()
         return 1
@@ -147,6 +158,8 @@ def _announce(stack: Stack, ports: Ports, seed: DemoSeed, demo_file: Path, model
         "demo_key": seed.demo_key,
         "products": seed.products,
         "models": seed.models,
+        "mcp_product": seed.products["mcp"],
+        "mcp_url": f"{ports.gateway_url}/mcp/{seed.products['mcp']}",
         "logs": str(stack.log_dir),
     }
     demo_path = str(demo_file)
@@ -172,6 +185,8 @@ Call the demo model through the gateway with the demo key:
     -H "Authorization: Bearer {demo["demo_key"]}" \\
     -H "Content-Type: application/json" \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello, Portico"}}]}}'
+
+The demo MCP server's tools, with the same key, in any MCP client: {demo["mcp_url"]}
 
 The same details are in {demo_path}; logs are in {demo["logs"]}.
 Press Ctrl-C to stop.

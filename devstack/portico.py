@@ -13,6 +13,7 @@ class Ports:
     portal: int = 8000
     gateway: int = 8080
     mock_llm: int = 9100
+    demo_mcp: int = 9200
 
     @property
     def portal_url(self) -> str:
@@ -26,13 +27,33 @@ class Ports:
     def mock_llm_url(self) -> str:
         return f"http://127.0.0.1:{self.mock_llm}/v1"
 
+    @property
+    def demo_mcp_url(self) -> str:
+        return f"http://127.0.0.1:{self.demo_mcp}/mcp"
 
-def start_mock_llm(stack: Stack, ports: Ports, *, require_key: str | None = None) -> Service:
-    argv = [PYTHON, "-m", "devstack.mock_llm", "--host", "127.0.0.1", "--port", str(ports.mock_llm)]
+
+def _start_local_upstream(
+    stack: Stack, name: str, module: str, port: int, ready_path: str, require_key: str | None
+) -> Service:
+    """A demo upstream (``python -m <module>``) on ``port``, refusing calls without
+    ``require_key`` when given, ready once ``ready_path`` answers."""
+    argv = [PYTHON, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
     if require_key:
         argv += ["--require-key", require_key]
     return stack.start(
-        "mock-llm", argv, ready_url=f"http://127.0.0.1:{ports.mock_llm}/v1/models", ready_timeout=30
+        name, argv, ready_url=f"http://127.0.0.1:{port}{ready_path}", ready_timeout=30
+    )
+
+
+def start_mock_llm(stack: Stack, ports: Ports, *, require_key: str | None = None) -> Service:
+    return _start_local_upstream(
+        stack, "mock-llm", "devstack.mock_llm", ports.mock_llm, "/v1/models", require_key
+    )
+
+
+def start_demo_mcp(stack: Stack, ports: Ports, *, require_key: str | None = None) -> Service:
+    return _start_local_upstream(
+        stack, "demo-mcp", "devstack.demo_mcp", ports.demo_mcp, "/healthz", require_key
     )
 
 

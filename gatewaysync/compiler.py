@@ -19,7 +19,16 @@ from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
 
 from catalog.crypto import decrypt_secret
-from catalog.models import ModelRoute, Plan, Product, RouteTarget, Upstream, UpstreamCredential
+from catalog.models import (
+    McpServer,
+    McpTool,
+    ModelRoute,
+    Plan,
+    Product,
+    RouteTarget,
+    Upstream,
+    UpstreamCredential,
+)
 from consumers.models import Consumer, Credential, Subscription
 from gateway import schema
 from gateway.secrets import GatewayKeys
@@ -103,9 +112,16 @@ def compile_state() -> CompiledState:
     routes = ModelRoute.objects.prefetch_related(
         Prefetch("extra_targets", queryset=RouteTarget.objects.order_by("position", "pk"))
     )
+    # Only served tools travel, with their pinned definitions: new ones wait for an
+    # admin, and removed ones could only fail.
+    served_tools = McpTool.objects.served()
     products = list(
         Product.objects.filter(status=Product.Status.PUBLISHED)
-        .prefetch_related(Prefetch("model_routes", queryset=routes))
+        .select_related("mcp_server")
+        .prefetch_related(
+            Prefetch("model_routes", queryset=routes),
+            Prefetch("mcp_server__tools", queryset=served_tools, to_attr="served_tools"),
+        )
         .order_by("slug")
     )
     used_upstreams = {
@@ -117,6 +133,9 @@ def compile_state() -> CompiledState:
             *(target.upstream_id for target in route.extra_targets.all()),
         )
     }
+    used_upstreams.update(
+        server.upstream_id for p in products if (server := _mcp_server_of(p)) is not None
+    )
     pool = UpstreamCredential.objects.filter(enabled=True).exclude(secret_ciphertext="")
     upstreams: dict[str, schema.Upstream] = {}
     # Fingerprints stand in for sealed secrets in the content hash: sealing uses a fresh
@@ -156,6 +175,7 @@ def compile_state() -> CompiledState:
             else schema.ResponseCache(
                 ttl_seconds=p.response_cache_ttl_seconds, shared=p.response_cache_shared
             ),
+            mcp=_compile_mcp(server) if (server := _mcp_server_of(p)) is not None else None,
         )
         for p in products
     }
@@ -175,6 +195,7 @@ def compile_state() -> CompiledState:
                 sub.product.slug: schema.Subscription(
                     id=sub.pk,
                     plan=_compile_plan(sub.plan),
+                    tools=sub.allowed_tools if sub.product.kind == Product.Kind.MCP else None,
                 )
                 for sub in consumer.approved
             },
@@ -226,6 +247,31 @@ def _compile_routes(routes: Iterable[ModelRoute]) -> dict[str, schema.ModelRoute
         )
         for route in ordered
     }
+
+
+def _mcp_server_of(product: Product) -> McpServer | None:
+    """The MCP server of an MCP product, if it has one yet (from the select_related)."""
+    if product.kind != Product.Kind.MCP:
+        return None
+    return getattr(product, "mcp_server", None)
+
+
+def _compile_mcp(server: McpServer) -> schema.McpServer:
+    """What the gateway serves of an MCP server. Its prompts, resources and instructions
+    are served as discovered, but only once an admin has approved the server."""
+    approved = server.approved_at is not None
+    return schema.McpServer(
+        upstream=str(server.upstream_id),
+        transport=cast(Literal["streamable_http", "sse"], server.transport),
+        tools=[
+            schema.McpTool(name=tool.name, definition=tool.pinned_definition or {})
+            for tool in getattr(server, "served_tools", [])
+        ],
+        prompts=server.prompts if approved else [],
+        resources=server.resources if approved else [],
+        resource_templates=server.resource_templates if approved else [],
+        instructions=server.instructions if approved else "",
+    )
 
 
 def _compile_plan(plan: Plan) -> schema.Plan:

@@ -1,4 +1,5 @@
-"""The demo data that ``make run`` seeds: a portal, a model product, a developer and a key.
+"""The demo data that ``make run`` seeds: a portal, a model product, an MCP product, a
+developer and a key.
 
 Seeding is idempotent: run again, it finds what it made before and only issues a new
 demo key when the last one can no longer be used (its plaintext is only ever on disk
@@ -20,7 +21,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from catalog import services as catalog_services
-from catalog.models import Category, ModelRoute, Plan, Product, Upstream
+from catalog.models import Category, McpServer, ModelRoute, Plan, Product, Upstream
 from catalog.services import TargetSpec
 from consumers import services as consumer_services
 from consumers.models import Consumer, Credential, Subscription
@@ -31,6 +32,8 @@ DEMO_PRODUCT_SLUG = "demo-chat"
 DEMO_MODEL = "demo-model"
 DEMO_LARGE_MODEL = "demo-model-large"
 DEMO_EMBEDDING_MODEL = "demo-embedding"
+DEMO_MCP_SLUG = "demo-tools"
+DEMO_MCP_UPSTREAM = "Demo MCP server"
 ADMIN_USERNAME = "admin"
 DEMO_GUIDE = """\
 Demo Chat answers like an OpenAI chat model but **echoes your last message**, so you can
@@ -46,6 +49,18 @@ for them. `demo-embedding` serves `/v1/embeddings`.
 
 The Free plan allows 600 requests per minute; the Trial plan, 100,000 tokens in all.
 """
+DEMO_MCP_GUIDE = """\
+Demo Tools is a small MCP server with made-up but stable data: **get_weather** answers
+for any city, **convert_currency** converts at fixed rates, and the **trip_briefing**
+prompt puts them together.
+
+1. Subscribe an app to this product and create a key for it.
+2. Paste one of the Quick start configurations into your MCP client, with your key in
+   place of `YOUR_API_KEY`.
+
+The gateway calls the server with its own credential; your key never reaches it. The
+tools' definitions are the ones an administrator approved.
+"""
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class DemoSeed:
     upstream_key: str
     products: dict[str, str]
     models: list[str]
+    mcp_upstream_key: str = ""
 
 
 def _private_file(path: Path) -> dict[str, str]:
@@ -70,7 +86,12 @@ def _write_private(path: Path, data: dict[str, str]) -> None:
 
 
 @transaction.atomic
-def seed_demo(*, mock_llm_url: str) -> DemoSeed:
+def seed_demo(*, mock_llm_url: str, demo_mcp_url: str | None = None) -> DemoSeed:
+    """Seed (or refresh) the demo; with ``demo_mcp_url``, the MCP product served there too.
+
+    The MCP server is not contacted here (it may not be running yet, and a transaction
+    must not wait on it): :func:`seed_demo_mcp_tools` discovers and approves its tools.
+    """
     state_path = Path(settings.VAR_DIR) / "demo-secrets.json"
     state = _private_file(state_path)
     user_model = get_user_model()
@@ -96,41 +117,22 @@ def seed_demo(*, mock_llm_url: str) -> DemoSeed:
     )
 
     state.setdefault("upstream_key", "sk-mock-" + secrets.token_urlsafe(24))
-    upstream = Upstream.objects.filter(name="Demo mock LLM").first()
-    if upstream is None:
-        upstream = catalog_services.upstream_create(
-            name="Demo mock LLM",
-            base_url=mock_llm_url,
-            vendor=Upstream.Vendor.OPENAI_COMPATIBLE,
-            secret=state["upstream_key"],
-        )
-    elif upstream.base_url != mock_llm_url:
-        upstream.base_url = mock_llm_url
-        upstream.save(update_fields=["base_url", "updated_at"])
-
-    product = Product.objects.filter(slug=DEMO_PRODUCT_SLUG).first()
-    if product is None:
-        product = catalog_services.product_create(
-            name="Demo Chat",
-            slug=DEMO_PRODUCT_SLUG,
-            kind=Product.Kind.MODEL,
-            description="A mock OpenAI-compatible chat model that echoes your last message.",
-        )
-        catalog_services.plan_create(product=product, name="Free", requests_per_minute=600)
+    upstream = _demo_upstream(
+        name="Demo mock LLM",
+        url=mock_llm_url,
+        vendor=Upstream.Vendor.OPENAI_COMPATIBLE,
+        secret=state["upstream_key"],
+    )
+    product = _demo_product(
+        slug=DEMO_PRODUCT_SLUG,
+        name="Demo Chat",
+        kind=Product.Kind.MODEL,
+        description="A mock OpenAI-compatible chat model that echoes your last message.",
+        category=("Chat", "chat"),
+        tags=["demo", "openai-compatible"],
+        guide=DEMO_GUIDE,
+    )
     _seed_demo_models(product=product, upstream=upstream)
-    if product.category_id is None and not product.tags and not product.guide_markdown:
-        # Only an unlisted product gets the demo listing, so an admin's edits survive
-        # the next seed.
-        chat = Category.objects.filter(slug="chat").first() or catalog_services.category_create(
-            name="Chat", slug="chat"
-        )
-        catalog_services.product_set_listing(
-            product=product,
-            description=product.description,
-            category=chat,
-            tags=["demo", "openai-compatible"],
-            guide_markdown=DEMO_GUIDE,
-        )
     catalog_services.product_publish(product=product, portals=[portal])
     plan = Plan.objects.get(product=product, name="Free")
 
@@ -145,15 +147,14 @@ def seed_demo(*, mock_llm_url: str) -> DemoSeed:
         consumer = consumer_services.consumer_create(
             owner=developer, name="Demo App", portal=portal
         )
-    subscription = Subscription.objects.filter(
-        consumer=consumer, product=product, status__in=["pending", "approved"]
-    ).first()
-    if subscription is None:
-        subscription = consumer_services.subscription_create(
-            consumer=consumer, product=product, plan=plan
-        )
-    if subscription.status == Subscription.Status.PENDING:
-        consumer_services.subscription_approve(subscription=subscription)
+    _subscribe(consumer, product, plan)
+
+    products = {"model": product.slug}
+    if demo_mcp_url is not None:
+        state.setdefault("mcp_upstream_key", "demo-mcp-" + secrets.token_urlsafe(24))
+        tools = _seed_demo_mcp(url=demo_mcp_url, secret=state["mcp_upstream_key"], portal=portal)
+        _subscribe(consumer, tools, Plan.objects.get(product=tools, name="Free"))
+        products["mcp"] = tools.slug
 
     key = state.get("demo_key", "")
     usable = Credential.objects.filter(
@@ -168,7 +169,8 @@ def seed_demo(*, mock_llm_url: str) -> DemoSeed:
         admin_password=state["admin_password"],
         demo_key=key,
         upstream_key=state["upstream_key"],
-        products={"model": product.slug},
+        mcp_upstream_key=state.get("mcp_upstream_key", ""),
+        products=products,
         # The demo model first: `make run` and CI call it to see that all is up.
         models=[
             DEMO_MODEL,
@@ -223,3 +225,104 @@ def _seed_demo_models(*, product: Product, upstream: Upstream) -> None:
         catalog_services.plan_create(
             product=product, name="Trial", requests_per_minute=60, token_quota=100_000
         )
+
+
+def _subscribe(consumer: Consumer, product: Product, plan: Plan) -> None:
+    """An approved subscription of ``consumer`` to ``product``, unless it has a live one."""
+    subscription = Subscription.objects.filter(
+        consumer=consumer, product=product, status__in=["pending", "approved"]
+    ).first()
+    if subscription is None:
+        subscription = consumer_services.subscription_create(
+            consumer=consumer, product=product, plan=plan
+        )
+    if subscription.status == Subscription.Status.PENDING:
+        consumer_services.subscription_approve(subscription=subscription)
+
+
+def _seed_demo_mcp(*, url: str, secret: str, portal: Portal) -> Product:
+    """The demo MCP product: the server at ``url`` behind a bearer backend credential."""
+    upstream = _demo_upstream(
+        name=DEMO_MCP_UPSTREAM,
+        url=url,
+        vendor=Upstream.Vendor.MCP,
+        secret=secret,
+        options={"auth": "bearer"},
+        timeout_seconds=30,
+    )
+    product = _demo_product(
+        slug=DEMO_MCP_SLUG,
+        name="Demo Tools",
+        kind=Product.Kind.MCP,
+        description="An MCP server with weather and currency tools, on made-up data.",
+        category=("Tools", "tools"),
+        tags=["demo", "mcp"],
+        guide=DEMO_MCP_GUIDE,
+    )
+    if not McpServer.objects.filter(product=product).exists():
+        catalog_services.mcp_server_create(product=product, upstream=upstream)
+    catalog_services.product_publish(product=product, portals=[portal])
+    return product
+
+
+def _demo_upstream(*, name: str, url: str, **create: Any) -> Upstream:
+    """The demo upstream ``name``, made when missing, and pointed at ``url`` (the port
+    may differ from the last run)."""
+    upstream = Upstream.objects.filter(name=name).first()
+    if upstream is None:
+        return catalog_services.upstream_create(name=name, base_url=url, **create)
+    if upstream.base_url != url:
+        upstream.base_url = url
+        upstream.save(update_fields=["base_url", "updated_at"])
+    return upstream
+
+
+def _demo_product(
+    *,
+    slug: str,
+    name: str,
+    kind: str,
+    description: str,
+    category: tuple[str, str],
+    tags: list[str],
+    guide: str,
+) -> Product:
+    """The demo product ``slug``, made with a Free plan when missing. Only an unlisted
+    product gets the demo listing (``category`` is its name and slug), so an admin's
+    edits survive the next seed."""
+    product = Product.objects.filter(slug=slug).first()
+    if product is None:
+        product = catalog_services.product_create(
+            name=name, slug=slug, kind=kind, description=description
+        )
+        catalog_services.plan_create(product=product, name="Free", requests_per_minute=600)
+    if product.category_id is None and not product.tags and not product.guide_markdown:
+        category_name, category_slug = category
+        shelf = Category.objects.filter(
+            slug=category_slug
+        ).first() or catalog_services.category_create(name=category_name, slug=category_slug)
+        catalog_services.product_set_listing(
+            product=product,
+            description=product.description,
+            category=shelf,
+            tags=tags,
+            guide_markdown=guide,
+        )
+    return product
+
+
+def seed_demo_mcp_tools() -> McpServer:
+    """Discover the demo MCP server now (it must be running) and approve it the first
+    time, so ``make run`` serves its tools at once; later runs keep an admin's choices.
+
+    Raises ``RuntimeError`` with the reason when the server cannot be discovered.
+    """
+    server = McpServer.objects.select_related("upstream", "product").get(
+        product__slug=DEMO_MCP_SLUG
+    )
+    server = catalog_services.mcp_server_discover(server=server)
+    if server.last_discovered_at is None or server.last_checked_at != server.last_discovered_at:
+        raise RuntimeError(f"The demo MCP server could not be discovered: {server.last_error}")
+    if server.approved_at is None:
+        server = catalog_services.mcp_server_approve(server=server)
+    return server

@@ -152,6 +152,29 @@ def mcp_snippets(*, gateway_url: str, slug: str) -> list[Snippet]:
     }
     cursor = {"mcpServers": {slug: {"url": url, "headers": {"Authorization": bearer}}}}
     vscode = {"servers": {slug: {"type": "http", "url": url, "headers": {"Authorization": bearer}}}}
+    # The official SDK's client: streamable HTTP, which speaks either protocol era.
+    python_sdk = f"""import asyncio
+
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+URL = {_py(url)}
+HEADERS = {{"Authorization": {_py(bearer)}}}
+
+
+async def main() -> None:
+    async with (
+        create_mcp_http_client(headers=HEADERS) as http,
+        Client(streamable_http_client(URL, http_client=http)) as client,
+    ):
+        listed = await client.list_tools()
+        for tool in listed.tools:
+            print(tool.name, "-", tool.description)
+
+
+asyncio.run(main())
+"""
     return [
         Snippet(
             "qs-claude-desktop",
@@ -162,6 +185,7 @@ def mcp_snippets(*, gateway_url: str, slug: str) -> list[Snippet]:
         ),
         Snippet("qs-cursor", "Cursor", "json", _json(cursor), "~/.cursor/mcp.json"),
         Snippet("qs-vscode", "VS Code", "json", _json(vscode), ".vscode/mcp.json"),
+        Snippet("qs-mcp-python", "Python · mcp SDK", "python", python_sdk, "pip install mcp"),
         Snippet("qs-curl", "curl", "shell", curl),
     ]
 

@@ -17,6 +17,8 @@ MODELS = [
     "catalog_upstream",
     "catalog_plan",
     "catalog_modelroute",
+    "catalog_mcpserver",
+    "catalog_mcptool",
     "consumers_consumer",
     "consumers_credential",
     "consumers_subscription",

@@ -20,12 +20,15 @@ from catalog.services import TargetSpec
 from consumers import services as consumer_services
 from gateway import revision as gw_revision
 from gateway.providers import VENDORS
+from gateway.schema import MCP_VENDOR, NON_MODEL_VENDORS
 from gatewaysync import compiler
 from gatewaysync import services as sync_services
 from gatewaysync.models import Revision
 from tests.conftest import Catalog, make_catalog
 
 POOL_SECRETS = ["sk-pool-one-" + "a" * 20, "sk-pool-two-" + "b" * 20]
+# Upstreams of these serve model routes; an MCP server's serves its MCP product.
+MODEL_VENDORS = sorted(set(Upstream.Vendor.values) - NON_MODEL_VENDORS)
 AWS_SECRET = "AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 
@@ -93,7 +96,19 @@ def routed(catalog: Catalog) -> Catalog:
 
 
 def test_vendor_choices_are_the_gateways_vendors():
-    assert set(Upstream.Vendor.values) == set(VENDORS)
+    assert set(MODEL_VENDORS) == set(VENDORS)
+    assert set(Upstream.Vendor.values) & NON_MODEL_VENDORS == {MCP_VENDOR}
+
+
+def test_a_model_route_cannot_go_to_an_mcp_server(catalog):
+    server = services.upstream_create(
+        name="tools", vendor=MCP_VENDOR, base_url="https://mcp.example.com/mcp"
+    )
+    with pytest.raises(ValidationError) as caught:
+        services.model_route_create(
+            product=catalog.product, name="mcp-model", upstream=server, upstream_model="x"
+        )
+    assert set(caught.value.message_dict) == {"upstream"}
 
 
 def test_revision_carries_pools_targets_fallbacks_options_and_quota(routed, subscription):
@@ -164,7 +179,7 @@ VENDOR_UPSTREAMS: dict[str, tuple[str, dict[str, str], str]] = {
 }
 
 
-@pytest.mark.parametrize("vendor", sorted(Upstream.Vendor.values))
+@pytest.mark.parametrize("vendor", MODEL_VENDORS)
 def test_every_vendor_compiles_into_a_revision_the_gateway_accepts(catalog, vendor):
     base_url, options, secret = VENDOR_UPSTREAMS.get(
         vendor, ("https://api.example.com/v1", {}, "sk-vendor-key")
@@ -397,7 +412,8 @@ def test_other_vendors_take_no_options(db, vendor):
 
 def test_unknown_or_empty_options_are_refused(db):
     assert option_errors("azure_openai", "https://x.openai.azure.com", {"deployment": "d"}) == [
-        "Unknown vendor option 'deployment': the options are api_version, region."
+        "Unknown vendor option 'deployment': the options are api_version, region, auth, "
+        "header, token_url, client_id, scope."
     ]
     assert option_errors("azure_openai", "https://x.openai.azure.com", {"api_version": " "}) == [
         "The api_version option must be 1 to 200 characters without surrounding spaces."
