@@ -34,6 +34,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import METHOD_NOT_FOUND, Implementation
 
+from gateway.mcp.upstream import auth_style, credential_headers
+from gateway.schema import MCP_AUTH_STYLES
+
 logger = logging.getLogger(__name__)
 
 # What one discovery keeps at most. A server is trusted with none of this: a list that
@@ -113,28 +116,26 @@ async def _auth_headers(
 ) -> dict[str, str]:
     """The headers carrying the backend credential, as the gateway will send them: with
     no auth option, a secret goes as a bearer token."""
-    auth = endpoint.options.get("auth") or ("bearer" if endpoint.secret else "")
+    auth = auth_style(endpoint.options, endpoint.secret)
     if not auth:
         return {}
     if not endpoint.secret:
         raise DiscoveryError(
             f"The upstream's auth is {auth} but it has no secret: set the secret on the upstream."
         )
-    if auth == "bearer":
-        return {"Authorization": f"Bearer {endpoint.secret}"}
-    if auth == "header":
-        return {endpoint.options["header"]: endpoint.secret}
+    if auth not in MCP_AUTH_STYLES:
+        raise DiscoveryError(f"Unknown auth style {auth!r}: use bearer, header or oauth2.")
+    credential = endpoint.secret
     if auth == "oauth2":
-        token = await fetch_client_credentials_token(
+        credential = await fetch_client_credentials_token(
             token_url=endpoint.options["token_url"],
             client_id=endpoint.options["client_id"],
             client_secret=endpoint.secret,
             scope=endpoint.options.get("scope", ""),
             seconds=seconds,
         )
-        secrets.append(token)
-        return {"Authorization": f"Bearer {token}"}
-    raise DiscoveryError(f"Unknown auth style {auth!r}: use bearer, header or oauth2.")
+        secrets.append(credential)
+    return credential_headers(auth, endpoint.options, credential)
 
 
 async def fetch_client_credentials_token(

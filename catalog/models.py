@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-from gateway.schema import MCP_VENDOR, NON_MODEL_VENDORS
+from gateway.schema import MCP_AUTH_STYLES, MCP_VENDOR, NON_MODEL_VENDORS
 
 _HTTP_URL = r"^https?://[^\s/$.?#][^\s]*$"
 _http_url = RegexValidator(_HTTP_URL, "Enter an http:// or https:// URL.")
@@ -48,7 +48,6 @@ VENDOR_OPTIONS: dict[str, frozenset[str]] = {
     MCP_VENDOR: frozenset({"auth", "header", "token_url", "client_id", "scope"}),
 }
 OPTION_KEYS = ("api_version", "region", "auth", "header", "token_url", "client_id", "scope")
-MCP_AUTH_STYLES = ("bearer", "header", "oauth2")
 # Headers the MCP transport or HTTP itself owns: a credential header must not replace them.
 RESERVED_HEADERS = frozenset(
     {

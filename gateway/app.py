@@ -335,23 +335,6 @@ class Gateway:
         finally:
             self._record(call)
 
-    # What the MCP endpoints use (gateway.mcp.server.Host).
-
-    def authenticate(self, call: Call, key: bytes | None) -> tuple[AppliedRevision, Consumer]:
-        return self._authenticate(call, key)
-
-    async def read_body(self, receive: Receive, declared: bytes | None) -> bytes:
-        return await self._read_body(receive, declared)
-
-    async def acquire(
-        self, subscription: Subscription, estimate: Callable[[], int]
-    ) -> Decision | None:
-        return await self._acquire(subscription, estimate)
-
-    async def settle_calls(self, decision: Decision | None) -> None:
-        if decision is not None and decision.ticket is not None:
-            await asyncio.shield(self.limiter.settle(decision.ticket, 0))
-
     def _record(self, call: Call) -> None:
         self.usage.record(
             UsageEvent(
@@ -375,7 +358,7 @@ class Gateway:
             )
         )
 
-    def _authenticate(self, call: Call, key: bytes | None) -> tuple[AppliedRevision, Consumer]:
+    def authenticate(self, call: Call, key: bytes | None) -> tuple[AppliedRevision, Consumer]:
         """The applied revision and the key's consumer; raises 503 or 401 otherwise."""
         revision = self.store.current
         if revision is None:
@@ -420,13 +403,13 @@ class Gateway:
     ) -> None:
         """A chat call in any of the APIs: parse it into the OpenAI shape, route it, and
         serve it under the plan's limits (reserve the estimate, settle the real count)."""
-        revision, consumer = self._authenticate(call, key)
-        body = await self._read_body(receive, declared)
+        revision, consumer = self.authenticate(call, key)
+        body = await self.read_body(receive, declared)
         parsed = parse(body)
         request = parsed.request
         route, subscription = self._route(call, revision, consumer, request["model"], "chat")
         call.stream = request.get("stream") is True
-        decision = await self._acquire(subscription, lambda: _estimate(request, parsed.raw))
+        decision = await self.acquire(subscription, lambda: _estimate(request, parsed.raw))
         upstreams = self._upstreams()
         outcome = call.outcome
         try:
@@ -452,7 +435,7 @@ class Gateway:
             call.status = outcome.status
             await cached.keep(outcome)
         finally:
-            await self._settle(decision, outcome)
+            await self.settle(decision, outcome.tokens.total or 0)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The Realtime API (``/v1/realtime?model=...``), relayed to an OpenAI-wire target."""
@@ -464,7 +447,7 @@ class Gateway:
         try:
             if scope["path"] != "/v1/realtime":
                 raise _unknown_url("GET", scope["path"])
-            revision, consumer = self._authenticate(call, realtime.client_key(scope))
+            revision, consumer = self.authenticate(call, realtime.client_key(scope))
             model = realtime.requested_model(scope)
             if not model:
                 raise _param_error("model", "a model name in the query string (?model=...)")
@@ -480,7 +463,7 @@ class Gateway:
                     code="model_not_supported",
                     param="model",
                 )
-            decision = await self._acquire(subscription, lambda: 1)
+            decision = await self.acquire(subscription, lambda: 1)
             upstreams = self._upstreams()
             prepared = upstreams.prepared.get(revision.models, planned, "realtime")
             call.status = await realtime.relay(
@@ -511,7 +494,7 @@ class Gateway:
                 headers=err.headers,
             )
         finally:
-            await self._settle(decision, call.outcome)
+            await self.settle(decision, call.outcome.tokens.total or 0)
             self._record(call)
 
     async def _embeddings(
@@ -522,8 +505,8 @@ class Gateway:
         receive: Receive,
         send: Send,
     ) -> None:
-        revision, consumer = self._authenticate(call, key)
-        body = await self._read_body(receive, declared)
+        revision, consumer = self.authenticate(call, key)
+        body = await self.read_body(receive, declared)
         request = _json_object(body)
         model = request.get("model")
         if not isinstance(model, str) or not model:
@@ -532,7 +515,7 @@ class Gateway:
         if not (isinstance(given, str) or (isinstance(given, list) and given)):
             raise _param_error("input", "a string or a non-empty list")
         route, subscription = self._route(call, revision, consumer, model, "embeddings")
-        decision = await self._acquire(subscription, lambda: len(body) // 4 + 1)
+        decision = await self.acquire(subscription, lambda: len(body) // 4 + 1)
         try:
             cached = await self._cached(call, route, body, decision, send)
             if cached is None:
@@ -551,7 +534,7 @@ class Gateway:
             call.status = call.outcome.status
             await cached.keep(call.outcome)
         finally:
-            await self._settle(decision, call.outcome)
+            await self.settle(decision, call.outcome.tokens.total or 0)
 
     async def _cached(
         self, call: Call, route: Route, body: bytes, decision: Decision | None, send: Send
@@ -637,7 +620,7 @@ class Gateway:
             )
         return route, subscription
 
-    async def _acquire(
+    async def acquire(
         self, subscription: Subscription, estimate: Callable[[], int]
     ) -> Decision | None:
         """Count the call against the subscription's plan; raises 429 when over a limit.
@@ -670,11 +653,12 @@ class Gateway:
             )
         return decision
 
-    async def _settle(self, decision: Decision | None, outcome: Outcome) -> None:
-        """Replace a call's reservation by what it used (nothing, if it failed)."""
+    async def settle(self, decision: Decision | None, tokens: int) -> None:
+        """Replace a call's reservation by the tokens it used (0 if it failed or used
+        none). The MCP endpoints (``gateway.mcp.server.Host``) use it as calls do."""
         if decision is not None and decision.ticket is not None:
             # Shielded: a client that leaves must not cancel the settling.
-            await asyncio.shield(self.limiter.settle(decision.ticket, outcome.tokens.total or 0))
+            await asyncio.shield(self.limiter.settle(decision.ticket, tokens))
 
     def _limits_of(self, plan: Plan) -> Limits | None:
         shape = (
@@ -715,7 +699,7 @@ class Gateway:
         return self.upstreams
 
     async def _models(self, call: Call, key: bytes | None, send: Send) -> None:
-        revision, consumer = self._authenticate(call, key)
+        revision, consumer = self.authenticate(call, key)
         subscriptions = consumer.subscriptions
         data = [
             _model_object(name, target)
@@ -727,7 +711,7 @@ class Gateway:
         await send_body(send, 200, body, call.request_id.encode())
 
     async def _model(self, call: Call, key: bytes | None, name: str, send: Send) -> None:
-        revision, consumer = self._authenticate(call, key)
+        revision, consumer = self.authenticate(call, key)
         call.model = name[:_MAX_RECORDED_MODEL]
         target = revision.models.get(name)
         if target is None or target.product.slug not in consumer.subscriptions:
@@ -744,7 +728,7 @@ class Gateway:
         body = orjson.dumps(_model_object(name, target))
         await send_body(send, 200, body, call.request_id.encode())
 
-    async def _read_body(self, receive: Receive, declared: bytes | None) -> bytes:
+    async def read_body(self, receive: Receive, declared: bytes | None) -> bytes:
         limit = self._max_body
         if declared is not None:
             try:

@@ -90,6 +90,11 @@ class ResponseCache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 MCP_VENDOR = "mcp"
 REST_VENDOR = "rest"
 NON_MODEL_VENDORS = frozenset({MCP_VENDOR, REST_VENDOR})
+# How an MCP upstream's own credential travels (``Upstream.options["auth"]``): a bearer
+# token, a named header (``options["header"]``), or an OAuth client-credentials grant
+# against ``options["token_url"]`` with ``options["client_id"]`` (the secret is the
+# client secret). No option: bearer when there is a secret.
+MCP_AUTH_STYLES = ("bearer", "header", "oauth2")
 
 
 class RestArgument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -79,26 +79,10 @@ class ServedProduct:
     prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    @property
-    def is_rest(self) -> bool:
-        return self.upstream.vendor == REST_VENDOR
-
 
 @dataclass(slots=True)
 class McpIndex:
     products: dict[str, ServedProduct] = field(default_factory=dict)
-
-    def tool(self, name: str, slug: str | None) -> tuple[ServedProduct, ServedTool] | None:
-        """The product and tool a served name means on ``/mcp/<slug>`` (or ``/mcp``)."""
-        if slug is None:
-            slug, sep, name = name.partition(SEPARATOR)
-            if not sep:
-                return None
-        product = self.products.get(slug)
-        if product is None:
-            return None
-        tool = product.tools.get(name)
-        return None if tool is None else (product, tool)
 
 
 def served_name(product: ServedProduct, tool: str, aggregate: bool) -> str:

@@ -139,7 +139,7 @@ class Host(Protocol):
         self, subscription: Subscription, estimate: Callable[[], int]
     ) -> Decision | None: ...
 
-    async def settle_calls(self, decision: Decision | None) -> None: ...
+    async def settle(self, decision: Decision | None, tokens: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -181,7 +181,7 @@ class McpService:
                 request_id = message.get("id")
                 await self._post(call, scope, send, slug, headers, message, modern)
             elif method == "DELETE" and not modern:
-                await self._delete(call, send, slug, headers)
+                await self._delete(call, scope, send, slug, headers)
             else:
                 allow = b"POST" if modern else b"POST, DELETE"
                 call.status = 405
@@ -265,20 +265,7 @@ class McpService:
         headers: dict[bytes, bytes],
         slug: str | None,
     ) -> tuple[Any, dict[str, Subscription]]:
-        authorization = headers.get(b"authorization", b"")
-        key = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else None
-        key = key or headers.get(b"x-api-key")
-        try:
-            revision, consumer = self.host.authenticate(call, key)
-        except ApiError as err:
-            if err.status == 401:
-                raise RpcError(
-                    UNAUTHORIZED,
-                    err.message,
-                    status=401,
-                    headers=[(b"www-authenticate", _challenge(scope, slug))],
-                ) from None
-            raise RpcError(INTERNAL_ERROR, err.message, status=err.status) from None
+        revision, consumer = self._authenticate(call, scope, headers, slug)
         products = revision.mcp.products
         if slug is not None:
             product = products.get(slug)
@@ -295,6 +282,24 @@ class McpService:
                     status=403,
                 )
         return revision, consumer.subscriptions
+
+    def _authenticate(
+        self, call: Call, scope: Scope, headers: dict[bytes, bytes], slug: str | None
+    ) -> tuple[Any, Consumer]:
+        """The revision and the consumer of the request's key (bearer or ``x-api-key``)."""
+        authorization = headers.get(b"authorization", b"")
+        key = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else None
+        try:
+            return self.host.authenticate(call, key or headers.get(b"x-api-key"))
+        except ApiError as err:
+            if err.status == 401:
+                raise RpcError(
+                    UNAUTHORIZED,
+                    err.message,
+                    status=401,
+                    headers=[(b"www-authenticate", _challenge(scope, slug))],
+                ) from None
+            raise RpcError(INTERNAL_ERROR, err.message, status=err.status) from None
 
     async def _session(self, call: Call, headers: dict[bytes, bytes], endpoint: str) -> str:
         session_id = headers.get(b"mcp-session-id")
@@ -321,14 +326,9 @@ class McpService:
         return version
 
     async def _delete(
-        self, call: Call, send: Send, slug: str | None, headers: dict[bytes, bytes]
+        self, call: Call, scope: Scope, send: Send, slug: str | None, headers: dict[bytes, bytes]
     ) -> None:
-        authorization = headers.get(b"authorization", b"")
-        key = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else None
-        try:
-            self.host.authenticate(call, key or headers.get(b"x-api-key"))
-        except ApiError as err:
-            raise RpcError(UNAUTHORIZED, err.message, status=err.status) from None
+        self._authenticate(call, scope, headers, slug)
         endpoint = slug or "*"
         await self._session(call, headers, endpoint)
         await self.sessions.end(headers[b"mcp-session-id"].decode("latin-1"))
@@ -362,12 +362,7 @@ class McpService:
         if method in ("ping", "logging/setLevel") and not request.modern:
             return {}
         if method == "tools/list":
-            listed = [
-                {**tool.definition, "name": served_name(product, tool.name, aggregate)}
-                for product in products
-                for tool in product.tools.values()
-                if _allowed(subscriptions, product, tool)
-            ]
+            listed = _listed_tools(products, subscriptions, aggregate)
             if aggregate:
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("q")
                 if query and query[0].strip():
@@ -461,7 +456,7 @@ class McpService:
         except UpstreamError as exc:
             raise RpcError(INTERNAL_ERROR, exc.message) from None
         finally:
-            await self.host.settle_calls(decision)
+            await self.host.settle(decision, 0)
         error = answer.get("error")
         if isinstance(error, dict):
             code = error.get("code")
@@ -496,12 +491,7 @@ class McpService:
         problem = _find_tools_problem(arguments)
         if problem is not None:
             raise RpcError(INVALID_PARAMS, f"Invalid arguments for tool {FIND_TOOLS!r}: {problem}")
-        listed = [
-            {**tool.definition, "name": served_name(product, tool.name, True)}
-            for product in products
-            for tool in product.tools.values()
-            if _allowed(subscriptions, product, tool)
-        ]
+        listed = _listed_tools(products, subscriptions, aggregate=True)
         found = self._ranked(
             listed, arguments["query"], int(arguments.get("limit", FIND_TOOLS_LIMIT))
         )
@@ -623,6 +613,18 @@ def _visible(
     return [product for name, product in sorted(products.items()) if name in subscriptions]
 
 
+def _listed_tools(
+    products: list[ServedProduct], subscriptions: dict[str, Subscription], aggregate: bool
+) -> list[dict[str, Any]]:
+    """The tools the subscriptions allow, as listed: pinned definitions, served names."""
+    return [
+        {**tool.definition, "name": served_name(product, tool.name, aggregate)}
+        for product in products
+        for tool in product.tools.values()
+        if _allowed(subscriptions, product, tool)
+    ]
+
+
 def _allowed(
     subscriptions: dict[str, Subscription], product: ServedProduct, tool: ServedTool
 ) -> bool:
@@ -632,16 +634,23 @@ def _allowed(
     return subscription.tools is None or tool.name in subscription.tools
 
 
+def _named(
+    products: list[ServedProduct], name: str, aggregate: bool
+) -> tuple[list[ServedProduct], str]:
+    """The products a served name may belong to, and the name there: on the aggregate
+    endpoint ``<product>__<name>``, elsewhere the name as is."""
+    if not aggregate:
+        return products, name
+    slug, sep, wanted = name.partition(SEPARATOR)
+    return ([p for p in products if p.slug == slug] if sep else []), wanted
+
+
 def _find_tool(
     products: list[ServedProduct], name: str, aggregate: bool
 ) -> tuple[ServedProduct, ServedTool] | None:
-    if aggregate:
-        slug, sep, name = name.partition(SEPARATOR)
-        if not sep:
-            return None
-        products = [p for p in products if p.slug == slug]
-    for product in products:
-        tool = product.tools.get(name)
+    candidates, wanted = _named(products, name, aggregate)
+    for product in candidates:
+        tool = product.tools.get(wanted)
         if tool is not None:
             return product, tool
     return None
@@ -650,11 +659,8 @@ def _find_tool(
 def _find_prompt(
     products: list[ServedProduct], name: str, aggregate: bool
 ) -> tuple[ServedProduct, str]:
-    wanted = name
-    if aggregate:
-        slug, sep, wanted = name.partition(SEPARATOR)
-        products = [p for p in products if p.slug == slug] if sep else []
-    for product in products:
+    candidates, wanted = _named(products, name, aggregate)
+    for product in candidates:
         if wanted in product.prompts:
             return product, wanted
     raise RpcError(INVALID_PARAMS, f"Unknown prompt: {name}")

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -30,6 +31,7 @@ import orjson
 
 from gateway import __version__
 from gateway.mcp.index import ServedProduct
+from gateway.schema import MCP_AUTH_STYLES
 
 log = logging.getLogger("gateway.mcp")
 
@@ -105,10 +107,6 @@ class McpUpstreams:
                     break
         raise UpstreamError("The MCP server behind this product keeps losing its session.")
 
-    def forget(self) -> None:
-        """Drop what was learnt (a new revision may point products elsewhere)."""
-        self._servers.clear()
-
     def _server(self, product: ServedProduct) -> _Server:
         key = (product.upstream_id, product.upstream.base_url, product.secret)
         server = self._servers.get(key)
@@ -148,16 +146,11 @@ class McpUpstreams:
     async def _headers(self, product: ServedProduct, server: _Server) -> dict[str, str]:
         headers = {"Accept": _ACCEPT, "Content-Type": "application/json"}
         options = product.upstream.options
-        auth = options.get("auth", "bearer" if product.secret else "")
-        secret = product.secret
-        if secret is None or not auth:
+        style = auth_style(options, product.secret)
+        if product.secret is None or style not in MCP_AUTH_STYLES:
             return headers
-        if auth == "bearer":
-            headers["Authorization"] = f"Bearer {secret}"
-        elif auth == "header":
-            headers[options.get("header") or "X-Api-Key"] = secret
-        elif auth == "oauth2":
-            headers["Authorization"] = f"Bearer {await self._token(product, server)}"
+        credential = await self._token(product, server) if style == "oauth2" else product.secret
+        headers.update(credential_headers(style, options, credential))
         return headers
 
     async def _token(self, product: ServedProduct, server: _Server) -> str:
@@ -299,6 +292,22 @@ class McpUpstreams:
                 "The gateway could not reach the MCP server behind this product."
             ) from None
         raise UpstreamError("The MCP server behind this product did not answer.")
+
+
+def auth_style(options: Mapping[str, str], secret: str | None) -> str:
+    """How an MCP upstream's own credential travels: ``bearer``, ``header`` or
+    ``oauth2``; with no ``auth`` option a secret goes as a bearer token, and ``""``
+    means there is none. Discovery on the control plane uses this and
+    :func:`credential_headers` too, so that it succeeds exactly when calls will."""
+    return options.get("auth") or ("bearer" if secret else "")
+
+
+def credential_headers(style: str, options: Mapping[str, str], credential: str) -> dict[str, str]:
+    """The header carrying ``credential`` (the secret, or for ``oauth2`` the access
+    token) in the upstream's ``style``."""
+    if style == "header":
+        return {options.get("header") or "X-Api-Key": credential}
+    return {"Authorization": f"Bearer {credential}"}
 
 
 def header_value(value: str) -> str:
