@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast check fmt venv lock bench clean
+.PHONY: run test test-fast check fmt venv lock bench clean conformance-deps
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,3 +53,13 @@ clean:
 ## Benchmarks (bench/): the gateway against a bare aiohttp proxy; writes bench/results/<date>.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+CONFORMANCE := tests/conformance
+
+## The MCP conformance suite and the Node 22 it runs on, as tests/conformance/package-lock.json
+## pins them (for tests/conformance/test_conformance.py; needs npm 7 or later).
+conformance-deps: $(CONFORMANCE)/node_modules/.installed
+
+$(CONFORMANCE)/node_modules/.installed: $(CONFORMANCE)/package.json $(CONFORMANCE)/package-lock.json
+	npm ci --prefix $(CONFORMANCE) --no-audit --no-fund
+	touch $@

@@ -368,6 +368,7 @@ def proxy_suite(args: argparse.Namespace) -> str:
         pin(mock.process.pid, 1)
         gateway_env = {
             "PORTICO_GATEWAY_SECRET": keys_secret,
+            "PORTICO_EGRESS_ALLOW": "127.0.0.0/8,::1",  # the mock upstream is local
             "PORTICO_GATEWAY_PORT": str(gw_port),
             "PORTICO_GATEWAY_ADMIN_PORT": str(admin_port),
             "PORTICO_GATEWAY_STATE_DIR": str(tmp / "gateway"),

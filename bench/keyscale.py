@@ -252,6 +252,7 @@ def _start_gateway(
         [PYTHON, "-m", "gateway"],
         env={
             "PORTICO_GATEWAY_SECRET": secret,
+            "PORTICO_EGRESS_ALLOW": "127.0.0.0/8,::1",  # the mock upstream is local
             "PORTICO_GATEWAY_PORT": str(port),
             "PORTICO_GATEWAY_ADMIN_PORT": str(admin),
             "PORTICO_GATEWAY_STATE_DIR": str(state),

@@ -248,6 +248,7 @@ def _start_stack(
                 "PORTICO_CONTROL_PLANE_URL": ports.portal_url,
                 "PORTICO_GATEWAY_HEARTBEAT_SECONDS": "1",
                 "PORTICO_GATEWAY_SECRET": settings.PORTICO_GATEWAY_SECRET,
+                "PORTICO_EGRESS_ALLOW": "127.0.0.0/8,::1",  # the mock upstream is local
                 **({"PYTHONPATH": str(gateway_code)} if gateway_code else {}),
             },
             cwd=gateway_code,

@@ -14,16 +14,25 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.debug import sensitive_post_parameters
 
 from catalog import services
+from catalog.forms import (
+    OpenApiImportForm,
+    RestArgumentFormSet,
+    RestToolForm,
+    rest_tool_build,
+    rest_tool_initial,
+)
 from catalog.models import (
     MAX_TAG_LENGTH,
     MAX_TAGS,
@@ -39,6 +48,7 @@ from catalog.models import (
     UpstreamCredential,
     validate_vendor_secret,
 )
+from catalog.openapi import rest_call_from_json
 from gatewaysync.admin import GatewayChangeAdmin
 from portal.models import Portal
 
@@ -56,11 +66,12 @@ def write_only_secret(help_text: str, *, required: bool = False) -> forms.CharFi
 OPTION_LABELS = {
     "api_version": "API version (Azure OpenAI)",
     "region": "Region (AWS Bedrock)",
-    "auth": "Auth (MCP server)",
-    "header": "Header (MCP, auth=header)",
-    "token_url": "Token URL (MCP, auth=oauth2)",
-    "client_id": "Client ID (MCP, auth=oauth2)",
-    "scope": "Scope (MCP, auth=oauth2, optional)",
+    "auth": "Auth (MCP server, REST service)",
+    "header": "Header (auth=header)",
+    "token_url": "Token URL (auth=oauth2)",
+    "client_id": "Client ID (auth=oauth2)",
+    "scope": "Scope (auth=oauth2, optional)",
+    "param": "Query parameter (REST, auth=query)",
 }
 OPTION_PLACEHOLDERS = {
     "api_version": "2024-10-21",
@@ -69,12 +80,14 @@ OPTION_PLACEHOLDERS = {
     "token_url": "https://auth.example.com/oauth/token",
     "client_id": "portico-gateway",
     "scope": "mcp",
+    "param": "api_key",
 }
 MCP_AUTH_CHOICES = [
     ("", "default: bearer when a secret is set, else none"),
     ("bearer", "bearer: Authorization: Bearer <secret>"),
     ("header", "header: the secret in the header below"),
     ("oauth2", "oauth2: client credentials; the secret is the client secret"),
+    ("query", "query (REST service only): the secret in the query parameter below"),
 ]
 
 
@@ -136,15 +149,17 @@ class UpstreamForm(forms.ModelForm):
         # Admin help texts are HTML: no angle brackets.
         "The vendor API key; for AWS Bedrock ACCESS_KEY_ID:SECRET_ACCESS_KEY, with "
         ":SESSION_TOKEN after it for temporary credentials; for an MCP server its backend "
-        "credential (the OAuth client secret for auth=oauth2). Leave empty to keep the "
-        "current one."
+        "credential (the OAuth client secret for auth=oauth2); for a REST service the key "
+        "its tools' calls carry. Leave empty to keep the current one."
     )
     clear_secret = forms.BooleanField(required=False, help_text="Remove the stored secret.")
     options = VendorOptionsField(
         label="Vendor options",
         help_text="Azure OpenAI: the api_version of the deployment API (empty: the v1 API). "
-        "AWS Bedrock: the region, unless the base URL names it. MCP server: how the gateway "
-        "sends the secret (auth, and header or the OAuth client). Other vendors take none.",
+        "AWS Bedrock: the region, unless the base URL names it. MCP server and REST service: "
+        "how the gateway sends the secret (auth, and header or the OAuth client; a REST "
+        "service also takes auth=query with the parameter, default api_key). Other vendors "
+        "take none.",
     )
 
     class Meta:
@@ -172,7 +187,12 @@ class UpstreamForm(forms.ModelForm):
             )
         auth = (cleaned.get("options") or {}).get("auth")
         keeps_secret = self.instance.has_secret and not cleaned.get("clear_secret")
-        if vendor == Upstream.Vendor.MCP and auth and not secret and not keeps_secret:
+        if (
+            vendor in (Upstream.Vendor.MCP, Upstream.Vendor.REST)
+            and auth
+            and not secret
+            and not keeps_secret
+        ):
             self.add_error("secret", f"auth={auth} sends a secret: enter it here.")
         return cleaned
 
@@ -540,7 +560,10 @@ class McpServerInline(admin.StackedInline):
     @admin.display(description="Review")
     def review(self, obj: McpServer) -> str:
         if obj.pk is None:
-            return "Save: the server is discovered, then its tools wait for approval on its page."
+            return (
+                "Save: the server is discovered, then its tools wait for approval on its page. "
+                "(For a REST service, import its OpenAPI document or add tools on that page.)"
+            )
         return _server_summary(obj)
 
 
@@ -677,6 +700,8 @@ def _json_block(value: object) -> SafeString:
 
 
 def _server_summary(server: McpServer) -> str:
+    if server.is_rest:
+        return _rest_summary(server)
     if server.last_discovered_at is None:
         return f"Not discovered yet. {server.last_error}".strip()
     tools = server.tools.values_list("status", "flags")
@@ -697,6 +722,25 @@ def _server_summary(server: McpServer) -> str:
     return (
         f"{counts['approved'] + counts['changed']} tools served, {counts['changed']} changed "
         f"upstream (held), {counts['new']} new; {flagged} tools flagged{markers}; {state}."
+    )
+
+
+def _rest_summary(server: McpServer) -> str:
+    counts = dict.fromkeys(McpTool.Status.values, 0)
+    flagged = 0
+    for status, flags in server.tools.values_list("status", "flags"):
+        counts[status] += 1
+        flagged += bool(flags)
+    if server.openapi_url:
+        source = f"last imported from {server.openapi_url}"
+    elif server.last_discovered_at is not None:
+        source = "last imported from an uploaded document"
+    else:
+        source = "no OpenAPI document imported (tools may be added by hand)"
+    return (
+        f"REST service: {counts['approved'] + counts['changed']} tools served, "
+        f"{counts['changed']} changed by an import (held for review), {counts['removed']} gone "
+        f"from the last document; {flagged} flagged; {source}."
     )
 
 
@@ -772,6 +816,16 @@ def _approve_tools(request: HttpRequest, tools: Iterable[McpTool]) -> None:
 
 def _discover(request: HttpRequest, servers: Iterable[McpServer]) -> None:
     servers = list(servers)
+    rest = [server for server in servers if server.is_rest]
+    if rest:
+        messages.info(
+            request,
+            f"Not discovered: {', '.join(map(str, rest))} call REST services, whose tools are "
+            "imported from OpenAPI or defined by hand.",
+        )
+        servers = [server for server in servers if not server.is_rest]
+        if not servers:
+            return
     services.mcp_servers_schedule_discovery(servers=servers)
     messages.info(
         request,
@@ -785,12 +839,18 @@ class McpToolInline(admin.TabularInline):
 
     model = McpTool
     extra = 0
-    fields = readonly_fields = ("name", "status", "flag_summary", "description")
+    fields = readonly_fields = ("name", "status", "flag_summary", "description", "edit")
     show_change_link = True
     verbose_name_plural = "Tools (delete one to stop serving it until approved again)"
 
     def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
-        return False  # tools come from discovery
+        return False  # tools come from discovery (a REST service's: the buttons below)
+
+    @admin.display(description="Edit")
+    def edit(self, obj: McpTool) -> SafeString | str:
+        if obj.pk is None or obj.rest is None:
+            return ""
+        return format_html('<a href="{}">Edit by hand</a>', _rest_tool_url(obj))
 
     @admin.display(description="Flags")
     def flag_summary(self, obj: McpTool) -> SafeString | str:
@@ -803,6 +863,50 @@ class McpToolInline(admin.TabularInline):
     def description(self, obj: McpTool) -> str:
         text = obj.discovered_definition.get("description")
         return text[:300] if isinstance(text, str) else ""
+
+
+def _rest_tool_url(tool: McpTool) -> str:
+    return reverse("admin:catalog_mcpserver_rest_tool_change", args=[tool.server_id, tool.pk])
+
+
+def _report_import(
+    request: HttpRequest, server: McpServer, result: services.OpenApiImportResult
+) -> None:
+    """Say what an import did: served, held, gone, and what it left out."""
+    messages.success(
+        request,
+        f"Imported into {server}: {len(result.added)} tools added and served, "
+        f"{len(result.held)} changed and held for review, {len(result.removed)} gone from the "
+        f"document (no longer served), {result.unchanged} as before.",
+    )
+    if result.held:
+        messages.warning(
+            request,
+            f"Held for review, the approved version still served: {', '.join(result.held)}. "
+            "Open each tool to see the difference and approve it.",
+        )
+    flagged = list(
+        server.tools.filter(name__in=result.added, flags__0__isnull=False).values_list(
+            "name", flat=True
+        )
+    )
+    if flagged:
+        messages.warning(
+            request,
+            f"Injection markers in the descriptions of {', '.join(flagged)}: read them on "
+            "their pages (they are served; delete or edit any you do not trust).",
+        )
+    for note in result.notes:
+        messages.info(request, note)
+    if result.warnings:
+        shown = result.warnings[:12]
+        more = f" (and {len(result.warnings) - len(shown)} more on the server's page)"
+        messages.warning(
+            request,
+            "Left out or adapted: "
+            + " · ".join(shown)
+            + (more if len(result.warnings) > len(shown) else ""),
+        )
 
 
 # What discovery found and what review decided: shown, never edited.
@@ -818,6 +922,14 @@ _DISCOVERY_FIELDS = (
     "approved_at",
 )
 _SERVED_FIELDS = ("instructions", "prompts_json", "resources_json", "templates_json")
+_REST_FIELDS = (
+    "summary",
+    "openapi_url",
+    "server_name",
+    "server_version",
+    "imported_at",
+    "import_warnings",
+)
 
 
 @admin.register(McpServer)
@@ -840,7 +952,7 @@ class McpServerAdmin(GatewayChangeAdmin):
     search_fields = ["product__name", "product__slug", "upstream__name"]
     inlines = [McpToolInline]
     actions = ["discover_now", "approve"]
-    readonly_fields = (*_DISCOVERY_FIELDS, *_SERVED_FIELDS)
+    readonly_fields = tuple(dict.fromkeys((*_DISCOVERY_FIELDS, *_SERVED_FIELDS, *_REST_FIELDS)))
     fieldsets = [
         (None, {"fields": ["product", "upstream", "transport"]}),
         (
@@ -854,6 +966,23 @@ class McpServerAdmin(GatewayChangeAdmin):
         ),
         ("Served as discovered once the server is approved", {"fields": _SERVED_FIELDS}),
     ]
+
+    def get_fieldsets(self, request, obj=None):  # type: ignore[no-untyped-def]
+        if obj is None or not obj.is_rest:
+            return super().get_fieldsets(request, obj)
+        # A REST service's server: no transport, nothing discovered; its imports instead.
+        return [
+            (None, {"fields": ["product", "upstream"]}),
+            (
+                "Tools from the REST service",
+                {
+                    "fields": _REST_FIELDS,
+                    "description": "Import an OpenAPI document or add tools by hand (the "
+                    "buttons below). A later import that changes a tool is held for review; "
+                    "its approved version keeps being served.",
+                },
+            ),
+        ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[McpServer]:
         # The counts come with the list query, not from queries per row.
@@ -900,6 +1029,19 @@ class McpServerAdmin(GatewayChangeAdmin):
     def summary(self, obj: McpServer) -> str:
         return _server_summary(obj)
 
+    @admin.display(description="Last imported")
+    def imported_at(self, obj: McpServer) -> object:
+        return obj.last_discovered_at or "—"
+
+    @admin.display(description="Left out or adapted by the last import")
+    def import_warnings(self, obj: McpServer) -> SafeString | str:
+        if not obj.last_error:
+            return "—"
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join("", "<li>{}</li>", ((line,) for line in obj.last_error.splitlines())),
+        )
+
     @admin.display(description="Injection markers in the instructions, prompts and resources")
     def server_flags(self, obj: McpServer) -> SafeString | str:
         return flags_html(obj.flags)
@@ -936,6 +1078,130 @@ class McpServerAdmin(GatewayChangeAdmin):
         # Back to the same page, where the outcome shows.
         return HttpResponseRedirect(request.get_full_path())
 
+    # REST-to-MCP: importing OpenAPI documents and defining tools by hand.
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        own = [
+            path(
+                "<path:object_id>/import-openapi/",
+                view(self.import_openapi_view),
+                name="catalog_mcpserver_import_openapi",
+            ),
+            path(
+                "<path:object_id>/rest-tools/add/",
+                view(self.rest_tool_view),
+                name="catalog_mcpserver_rest_tool_add",
+            ),
+            path(
+                "<path:object_id>/rest-tools/<int:tool_id>/",
+                view(self.rest_tool_view),
+                name="catalog_mcpserver_rest_tool_change",
+            ),
+        ]
+        # Before the default ones: "<path:object_id>/" would take these too.
+        return own + super().get_urls()
+
+    def _rest_server(self, request: HttpRequest, object_id: str) -> McpServer:
+        """The REST service's server ``object_id``, if this admin may change it."""
+        server = self.get_object(request, object_id)
+        if server is None:
+            raise Http404("No such MCP server.")
+        if not self.has_change_permission(request, server):
+            raise PermissionDenied
+        if not server.is_rest:
+            raise Http404("This MCP server is hosted: its tools are discovered, not imported.")
+        return server
+
+    def _rest_context(self, request: HttpRequest, server: McpServer, title: str) -> dict[str, Any]:
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": server,
+            "title": title,
+            "change_url": reverse("admin:catalog_mcpserver_change", args=[server.pk]),
+        }
+
+    def import_openapi_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Import an OpenAPI document (uploaded, or fetched from its URL) as the tools."""
+        server = self._rest_server(request, object_id)
+        if request.method == "POST":
+            form = OpenApiImportForm(request.POST, request.FILES)
+            if form.is_valid():
+                url = form.cleaned_data["url"] or ""
+                try:
+                    document = services.openapi_fetch(url=url) if url else form.uploaded_document()
+                    result = services.rest_server_import_openapi(
+                        server=server, document=document, source_url=url
+                    )
+                except ValidationError as exc:
+                    form.add_error(None, exc.messages)
+                else:
+                    _report_import(request, server, result)
+                    return HttpResponseRedirect(
+                        reverse("admin:catalog_mcpserver_change", args=[server.pk])
+                    )
+        else:
+            form = OpenApiImportForm(initial={"url": server.openapi_url})
+        context = self._rest_context(request, server, f"Import an OpenAPI document: {server}")
+        context["form"] = form
+        return TemplateResponse(request, "admin/catalog/mcpserver/import_openapi.html", context)
+
+    def rest_tool_view(
+        self, request: HttpRequest, object_id: str, tool_id: int | None = None
+    ) -> HttpResponse:
+        """Define a REST tool by hand, or edit one (imported ones too)."""
+        server = self._rest_server(request, object_id)
+        tool = None
+        if tool_id is not None:
+            tool = McpTool.objects.filter(server=server, pk=tool_id, rest__isnull=False).first()
+            if tool is None:
+                raise Http404("No such REST tool on this server.")
+        # What is served, when there is one: the edit replaces it (and any held change).
+        definition = (tool.pinned_definition or tool.discovered_definition) if tool else None
+        call_json = (tool.pinned_rest or tool.rest) if tool else None
+        editing = tool is not None
+        if request.method == "POST":
+            form = RestToolForm(
+                request.POST, editing=editing, initial={"name": tool.name} if tool else None
+            )
+            arguments = RestArgumentFormSet(request.POST, prefix="arguments")
+            if form.is_valid() and arguments.is_valid():
+                try:
+                    built, call = rest_tool_build(
+                        form, arguments, previous=definition, name=tool.name if tool else None
+                    )
+                    saved = services.rest_tool_save(
+                        server=server, definition=built, rest=call, tool=tool
+                    )
+                except ValidationError as exc:
+                    form.add_error(None, exc.messages)
+                else:
+                    flagged = " It is flagged: read its page." if saved.flags else ""
+                    messages.success(
+                        request, f"{saved.name} is saved, pinned and served as it is.{flagged}"
+                    )
+                    return HttpResponseRedirect(
+                        reverse("admin:catalog_mcpserver_change", args=[server.pk])
+                    )
+        else:
+            if definition is not None and call_json is not None:
+                initial, rows = rest_tool_initial(definition, rest_call_from_json(call_json))
+            else:
+                initial, rows = {"method": "GET"}, []
+            form = RestToolForm(initial=initial, editing=editing)
+            arguments = RestArgumentFormSet(initial=rows, prefix="arguments")
+        title = f"Edit the tool {tool.name}" if tool else f"Add a tool to {server}"
+        context = self._rest_context(request, server, title)
+        context.update(
+            form=form,
+            arguments=arguments,
+            tool=tool,
+            held=tool is not None and tool.status == McpTool.Status.CHANGED,
+            base_url=server.upstream.base_url,
+        )
+        return TemplateResponse(request, "admin/catalog/mcpserver/rest_tool_form.html", context)
+
     @admin.action(description="Discover now (list the tools again)")
     def discover_now(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
         _discover(request, queryset)
@@ -959,6 +1225,11 @@ _TOOL_PAGE_FIELDS = (
 )
 
 
+def _with_rest(definition: object, rest: object) -> object:
+    """A REST tool's definition and call shown (and compared) as one: both are pinned."""
+    return {"definition": definition, "REST call": rest}
+
+
 @admin.register(McpTool)
 class McpToolAdmin(GatewayChangeAdmin):
     change_form_template = "admin/catalog/mcptool/change_form.html"
@@ -967,8 +1238,23 @@ class McpToolAdmin(GatewayChangeAdmin):
     list_select_related = ["server__product"]
     search_fields = ["name", "server__product__name"]
     actions = ["approve"]
-    # Nothing is editable: a tool is what its server says; an admin only approves it.
-    fields = readonly_fields = _TOOL_PAGE_FIELDS
+    # Nothing is editable here: a tool is what its server says (or, a REST tool, what
+    # the last import or hand edit said); an admin only approves it.
+    fields = _TOOL_PAGE_FIELDS
+    readonly_fields = (*_TOOL_PAGE_FIELDS, "rest_edit")
+
+    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        if obj is not None and obj.rest is not None:
+            return ("rest_edit", *_TOOL_PAGE_FIELDS)
+        return _TOOL_PAGE_FIELDS
+
+    @admin.display(description="REST tool")
+    def rest_edit(self, obj: McpTool) -> SafeString:
+        return format_html(
+            'Its REST call is shown with its definition below. <a href="{}">Edit it by hand</a> '
+            "(saving pins and serves the edit).",
+            _rest_tool_url(obj),
+        )
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False  # tools come from discovery
@@ -984,15 +1270,28 @@ class McpToolAdmin(GatewayChangeAdmin):
 
     @admin.display(description="Pinned → discovered")
     def diff(self, obj: McpTool) -> SafeString | str:
-        return definition_diff(obj.pinned_definition, obj.discovered_definition)
+        if obj.rest is None:
+            return definition_diff(obj.pinned_definition, obj.discovered_definition)
+        pinned = (
+            None
+            if obj.pinned_definition is None
+            else _with_rest(obj.pinned_definition, obj.pinned_rest)
+        )
+        return definition_diff(pinned, _with_rest(obj.discovered_definition, obj.rest))
 
     @admin.display(description="Pinned definition (what the gateway serves)")
     def pinned(self, obj: McpTool) -> SafeString | str:
-        return "—" if obj.pinned_definition is None else _json_block(obj.pinned_definition)
+        if obj.pinned_definition is None:
+            return "—"
+        if obj.rest is None:
+            return _json_block(obj.pinned_definition)
+        return _json_block(_with_rest(obj.pinned_definition, obj.pinned_rest))
 
-    @admin.display(description="Discovered definition (what the server says now)")
+    @admin.display(description="Discovered definition (what the server, or the last import, says)")
     def discovered(self, obj: McpTool) -> SafeString:
-        return _json_block(obj.discovered_definition)
+        if obj.rest is None:
+            return _json_block(obj.discovered_definition)
+        return _json_block(_with_rest(obj.discovered_definition, obj.rest))
 
     def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
         # Nothing here is editable: a save must not publish.

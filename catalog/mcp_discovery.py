@@ -12,6 +12,9 @@ it goes straight to the handshake.
 
 Errors come out as :class:`DiscoveryError`, whose message is written for the admin
 (what went wrong, what to check) and never holds the credential.
+
+Before connecting, the endpoint (and an OAuth token URL) pass the egress policy
+(``gateway.egress``): an admin-set URL must not lead into Portico's own network.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import METHOD_NOT_FOUND, Implementation
 
+from gateway.egress import EgressError, EgressPolicy
 from gateway.mcp.upstream import auth_style, credential_headers
 from gateway.schema import MCP_AUTH_STYLES
 
@@ -60,12 +64,14 @@ class Endpoint:
 
     ``options`` are the upstream's auth options (``auth``: bearer, header or oauth2;
     see ``catalog.models.VENDOR_OPTIONS``) and ``secret`` its decrypted credential.
+    ``egress`` is the policy its URLs must pass (default: public addresses only).
     """
 
     url: str
     transport: str = "streamable_http"
     options: dict[str, str] = field(default_factory=dict)
     secret: str | None = field(default=None, repr=False)
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ async def discover_async(endpoint: Endpoint, *, seconds: float) -> Discovery:
     secrets = [endpoint.secret] if endpoint.secret else []
     try:
         with anyio.fail_after(seconds):
+            await _check_egress(endpoint, endpoint.url)
             headers = await _auth_headers(endpoint, seconds=seconds, secrets=secrets)
             return await _list_everything(endpoint, headers, seconds=seconds, statuses=statuses)
     except DiscoveryError as exc:
@@ -106,6 +113,18 @@ async def discover_async(endpoint: Endpoint, *, seconds: float) -> Discovery:
         # The sentence, not the exception's text: that may quote the URL and its query.
         logger.warning("MCP discovery of %s failed: %s", _origin(endpoint.url), message)
         raise DiscoveryError(message) from None
+
+
+async def _check_egress(endpoint: Endpoint, url: str) -> None:
+    """Refuse ``url`` before connecting when the egress policy does.
+
+    The SDK's client resolves the name again when it connects, so this is check then
+    connect: it stops a URL that points inside, not a name re-pointed in that instant.
+    """
+    try:
+        await endpoint.egress.check_url_async(url)
+    except EgressError as exc:
+        raise DiscoveryError(f"Not connected: {exc}") from None
 
 
 # Credentials -----------------------------------------------------------------------------
@@ -127,6 +146,7 @@ async def _auth_headers(
         raise DiscoveryError(f"Unknown auth style {auth!r}: use bearer, header or oauth2.")
     credential = endpoint.secret
     if auth == "oauth2":
+        await _check_egress(endpoint, endpoint.options["token_url"])
         credential = await fetch_client_credentials_token(
             token_url=endpoint.options["token_url"],
             client_id=endpoint.options["client_id"],
@@ -186,6 +206,16 @@ async def fetch_client_credentials_token(
 # Listing ---------------------------------------------------------------------------------
 
 
+def _egress_hook(endpoint: Endpoint) -> Callable[[httpx2.Request], Awaitable[None]]:
+    """Every request the SDK's client sends (a redirect it follows included) passes the
+    egress policy first."""
+
+    async def check(request: httpx2.Request) -> None:
+        await endpoint.egress.check_url_async(str(request.url))
+
+    return check
+
+
 def _status_hook(statuses: list[int]) -> Callable[[httpx2.Response], Awaitable[None]]:
     async def record(response: httpx2.Response) -> None:
         statuses.append(response.status_code)
@@ -196,7 +226,7 @@ def _status_hook(statuses: list[int]) -> Callable[[httpx2.Response], Awaitable[N
 async def _list_everything(
     endpoint: Endpoint, headers: dict[str, str], *, seconds: float, statuses: list[int]
 ) -> Discovery:
-    hook = _status_hook(statuses)
+    hook, egress = _status_hook(statuses), _egress_hook(endpoint)
     http_timeout = httpx2.Timeout(seconds)
 
     def client_factory(
@@ -206,7 +236,7 @@ async def _list_everything(
     ) -> httpx2.AsyncClient:
         client = create_mcp_http_client(headers=headers, timeout=timeout or http_timeout, auth=auth)
         # The SDK turns an HTTP error into a generic MCP error; the status says more.
-        client.event_hooks = {"request": [], "response": [hook]}
+        client.event_hooks = {"request": [egress], "response": [hook]}
         return client
 
     if endpoint.transport == "sse":
@@ -353,6 +383,9 @@ _STATUS_ADVICE = {
 
 def _explain(exc: BaseException, endpoint: Endpoint, statuses: list[int], seconds: float) -> str:
     leaves = list(_leaves(exc))
+    for leaf in leaves:
+        if isinstance(leaf, EgressError):  # a redirect to somewhere the policy refuses
+            return f"Not connected: {leaf}"
     if any(isinstance(leaf, TimeoutError | httpx2.TimeoutException) for leaf in leaves):
         if any(isinstance(leaf, httpx2.ConnectTimeout) for leaf in leaves):
             return f"Could not connect to {_origin(endpoint.url)}: the connection timed out."

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-from gateway.schema import MCP_AUTH_STYLES, MCP_VENDOR, NON_MODEL_VENDORS
+from catalog.openapi import CredentialPlace, rest_call_from_json, rest_tool_problems
+from gateway.egress import EgressError, EgressPolicy, HostNotFound
+from gateway.schema import (
+    MCP_AUTH_STYLES,
+    MCP_VENDOR,
+    NON_MODEL_VENDORS,
+    REST_AUTH_STYLES,
+    REST_VENDOR,
+)
 
 _HTTP_URL = r"^https?://[^\s/$.?#][^\s]*$"
 _http_url = RegexValidator(_HTTP_URL, "Enter an http:// or https:// URL.")
@@ -41,13 +52,24 @@ def validate_tags(value: object) -> None:
 # server's say how the gateway authenticates to it with the upstream's secret
 # (gateway.schema.Upstream): ``auth`` is bearer, header (``header`` names it) or oauth2
 # (a client-credentials grant at ``token_url`` as ``client_id``, optional ``scope``);
-# without one, the gateway sends a secret as a bearer token.
+# without one, the gateway sends a secret as a bearer token. A REST service's may also
+# be query: the secret in the query parameter ``param`` (default api_key).
 VENDOR_OPTIONS: dict[str, frozenset[str]] = {
     "azure_openai": frozenset({"api_version"}),
     "bedrock": frozenset({"region"}),
     MCP_VENDOR: frozenset({"auth", "header", "token_url", "client_id", "scope"}),
+    REST_VENDOR: frozenset({"auth", "header", "token_url", "client_id", "scope", "param"}),
 }
-OPTION_KEYS = ("api_version", "region", "auth", "header", "token_url", "client_id", "scope")
+OPTION_KEYS = (
+    "api_version",
+    "region",
+    "auth",
+    "header",
+    "token_url",
+    "client_id",
+    "scope",
+    "param",
+)
 # Headers the MCP transport or HTTP itself owns: a credential header must not replace them.
 RESERVED_HEADERS = frozenset(
     {
@@ -77,6 +99,35 @@ _AWS_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 # gateway reads the region out of the host the same way (gateway/providers/bedrock.py).
 _BEDROCK_HOST = re.compile(r"(?:^|\.)bedrock-runtime(?:-fips)?\.([a-z]{2}(?:-[a-z]+)+-\d+)\.")
 _AWS_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+_QUERY_PARAM = re.compile(r"^[A-Za-z0-9_.~-]{1,100}$")
+
+
+@lru_cache(maxsize=8)
+def _parsed_policy(entries: tuple[str, ...]) -> EgressPolicy:
+    return EgressPolicy.parse(entries)
+
+
+def egress_policy() -> EgressPolicy:
+    """The control plane's egress policy: public addresses, and ``PORTICO_EGRESS_ALLOW``."""
+    return _parsed_policy(tuple(settings.PORTICO_EGRESS_ALLOW))
+
+
+def egress_problem(url: str) -> str | None:
+    """Why an admin may not save ``url`` (None: it may be saved).
+
+    Its host is resolved now, and every address must pass the egress policy. A name
+    that does not resolve (yet, or from here) is accepted: nothing can be said about it,
+    and every connection checks again, with the address it is about to use.
+    """
+    if not re.match(_HTTP_URL, url):
+        return None  # the field's own validator says what is wrong
+    try:
+        egress_policy().check_url(url)
+    except HostNotFound:
+        return None
+    except EgressError as exc:
+        return str(exc)
+    return None
 
 
 def validate_options(value: object) -> None:
@@ -144,8 +195,10 @@ class Upstream(models.Model):
         OLLAMA = "ollama", "Ollama"
         VLLM = "vllm", "vLLM"
         OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
-        # Not a model vendor: a hosted MCP server (base_url is its MCP endpoint).
+        # Not model vendors: a hosted MCP server (base_url is its MCP endpoint), and a
+        # plain REST service whose operations the gateway serves as MCP tools.
         MCP = MCP_VENDOR, "MCP server"
+        REST = REST_VENDOR, "REST service (REST-to-MCP tools)"
 
     name = models.CharField(
         max_length=120,
@@ -158,7 +211,9 @@ class Upstream(models.Model):
         max_length=500,
         validators=[_http_url],
         help_text="The API base, e.g. https://api.openai.com/v1; for an MCP server its "
-        "endpoint, e.g. https://mcp.example.com/mcp (the SSE URL for the legacy transport).",
+        "endpoint, e.g. https://mcp.example.com/mcp (the SSE URL for the legacy transport); "
+        "for a REST service the base its tools' paths follow, e.g. https://api.example.com/v2. "
+        "It must be a public address unless PORTICO_EGRESS_ALLOW allows it.",
     )
     # Envelope-encrypted (catalog/crypto.py); never rendered back to anyone.
     secret_ciphertext = models.TextField(blank=True, default="", editable=False)
@@ -171,7 +226,8 @@ class Upstream(models.Model):
         blank=True,
         validators=[validate_options],
         help_text="api_version for Azure OpenAI; region for AWS Bedrock; auth (and header, "
-        "token_url, client_id, scope) for an MCP server.",
+        "token_url, client_id, scope) for an MCP server; the same, or auth=query with param, "
+        "for a REST service.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -187,13 +243,24 @@ class Upstream(models.Model):
         return bool(self.secret_ciphertext)
 
     def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        # Checked where admins set it; the connections check again (gateway/egress.py).
+        problem = egress_problem(self.base_url)
+        if problem:
+            errors["base_url"] = [problem]
         try:
             validate_options(self.options)
         except ValidationError:
-            return  # the field's own validator reports it
-        errors = self.option_errors()
+            pass  # the field's own validator reports it
+        else:
+            option_errors = self.option_errors()
+            token_url = self.options.get("token_url")
+            if token_url and (problem := egress_problem(token_url)):
+                option_errors.append(f"The token_url: {problem}")
+            if option_errors:
+                errors["options"] = option_errors
         if errors:
-            raise ValidationError({"options": errors})
+            raise ValidationError(errors)
 
     def option_errors(self) -> list[str]:
         """What is wrong with the vendor options for this vendor and base URL."""
@@ -226,20 +293,27 @@ class Upstream(models.Model):
                     "AWS Bedrock needs a region, e.g. us-east-1: set it here, or use a base "
                     "URL that names it (https://bedrock-runtime.us-east-1.amazonaws.com)."
                 )
-        if self.vendor == MCP_VENDOR:
-            errors.extend(mcp_auth_errors(options))
+        if self.vendor in (MCP_VENDOR, REST_VENDOR):
+            errors.extend(mcp_auth_errors(options, rest=self.vendor == REST_VENDOR))
         return errors
 
 
-def mcp_auth_errors(options: dict[str, str]) -> list[str]:
-    """What is wrong with an MCP server's auth options (see ``VENDOR_OPTIONS``)."""
+def mcp_auth_errors(options: dict[str, str], *, rest: bool = False) -> list[str]:
+    """What is wrong with an MCP server's (or, ``rest``, a REST service's) auth options
+    (see ``VENDOR_OPTIONS``)."""
     auth = options.get("auth", "")
-    if auth and auth not in MCP_AUTH_STYLES:
+    styles = REST_AUTH_STYLES if rest else MCP_AUTH_STYLES
+    if auth and auth not in styles:
         return [
-            f"The auth option is one of {', '.join(MCP_AUTH_STYLES)} (empty: bearer when the "
+            f"The auth option is one of {', '.join(styles)} (empty: bearer when the "
             f"upstream has a secret), not {auth!r}."
         ]
     errors: list[str] = []
+    param = options.get("param") if rest else None  # others take none (option_errors)
+    if param and auth != "query":
+        errors.append("The param option is only for auth=query; remove it.")
+    elif param and not _QUERY_PARAM.match(param):
+        errors.append(f"{param!r} is not a query parameter name like api_key.")
     header = options.get("header")
     if auth == "header" and not header:
         errors.append("Name the header the secret goes in (the header option), e.g. X-API-Key.")
@@ -612,13 +686,18 @@ class Plan(models.Model):
 
 
 class McpServer(models.Model):
-    """The hosted MCP server behind an MCP product, and what discovery last found there.
+    """The MCP server behind an MCP product, and what discovery last found there.
 
-    The upstream (vendor ``mcp``) holds the endpoint and the backend credential, which
-    the gateway injects; the app's own key never reaches the server. Discovery (a
+    Hosted: the upstream (vendor ``mcp``) holds the endpoint and the backend credential,
+    which the gateway injects; the app's own key never reaches the server. Discovery (a
     Celery task, on a schedule) fills in the rest: the server's instructions, prompts,
     resources and templates as it lists them, and the :class:`McpTool` rows.
     Nothing is served before an admin approves the server (``approved_at``).
+
+    REST-to-MCP: the upstream is of vendor ``rest`` (a plain REST service and its
+    credential) and the gateway itself is the MCP server. Its tools are imported from an
+    OpenAPI document or defined by hand, each with the REST call it makes; it is never
+    discovered. Whether a server is one or the other follows from its upstream's vendor.
     """
 
     class Transport(models.TextChoices):
@@ -635,9 +714,10 @@ class McpServer(models.Model):
         Upstream,
         on_delete=models.PROTECT,
         related_name="mcp_servers",
-        limit_choices_to={"vendor": MCP_VENDOR},
-        help_text="An upstream of vendor 'MCP server': its base URL is the MCP endpoint, its "
-        "secret and auth options the backend credential.",
+        limit_choices_to={"vendor__in": [MCP_VENDOR, REST_VENDOR]},
+        help_text="An upstream of vendor 'MCP server' (its base URL is the MCP endpoint, its "
+        "secret and auth options the backend credential), or of vendor 'REST service' for "
+        "tools the gateway makes from a REST API (imported from OpenAPI or defined by hand).",
     )
     transport = models.CharField(
         max_length=16,
@@ -660,7 +740,12 @@ class McpServer(models.Model):
     # which are served as discovered once the server is approved.
     flags = models.JSONField(default=list, blank=True, editable=False)
     # Why the last discovery failed, or what it had to leave out; empty when all went well.
+    # (REST: what the last OpenAPI import left out, and why.)
     last_error = models.TextField(blank=True, editable=False)
+    # REST: where the OpenAPI document was last imported from (empty: uploaded, or none).
+    openapi_url = models.CharField(
+        "OpenAPI document URL", max_length=2000, blank=True, editable=False
+    )
     approved_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -672,10 +757,27 @@ class McpServer(models.Model):
     def __str__(self) -> str:
         return str(self.product) if self.product_id else "MCP server"
 
+    @property
+    def is_rest(self) -> bool:
+        """A REST-to-MCP server: the gateway calls a REST service for its tools."""
+        return self.upstream_id is not None and self.upstream.vendor == REST_VENDOR
+
     def clean(self) -> None:
         # The inline on a product's page leaves its product out of field validation.
         if self.product_id is not None and self.product.kind != Product.Kind.MCP:
             raise ValidationError("Only a product of kind 'MCP server' has an MCP server.")
+        if self.pk is not None and self.upstream_id is not None:
+            # REST tools carry the call the gateway makes; a hosted server's do not. One
+            # kind on the other's upstream could only fail, so the admin starts afresh.
+            other = self.tools.filter(rest__isnull=self.is_rest)
+            if other.exists():
+                kind = "an MCP server's" if self.is_rest else "REST"
+                raise ValidationError(
+                    {
+                        "upstream": f"This server's tools are {kind} tools: delete them "
+                        "first, or make another product for this upstream."
+                    }
+                )
 
 
 class McpToolQuerySet(models.QuerySet["McpTool"]):
@@ -687,6 +789,16 @@ class McpToolQuerySet(models.QuerySet["McpTool"]):
         )
 
 
+def validate_rest_call(value: object) -> None:
+    """A REST call is stored as ``gateway.schema.RestCall`` encodes one."""
+    if value is None:
+        return
+    try:
+        rest_call_from_json(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
 class McpTool(models.Model):
     """A tool of an MCP server: the definition served (pinned) and the one last seen.
 
@@ -696,6 +808,11 @@ class McpTool(models.Model):
     served; a tool first seen after approval is ``new`` and not served until approved.
     ``flags`` are the injection markers found in the discovered definition
     (catalog.mcp_scan).
+
+    A REST-to-MCP tool also has ``rest``, the REST call (``gateway.schema.RestCall``)
+    as last imported or edited, pinned with the definition as ``pinned_rest``: a new
+    path or method is as much a rug pull as a new description. "Discovered" then means
+    "as the last OpenAPI import or edit says".
     """
 
     class Status(models.TextChoices):
@@ -712,6 +829,18 @@ class McpTool(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
     pinned_definition = models.JSONField(null=True, blank=True, editable=False)
     discovered_definition = models.JSONField(default=dict, editable=False)
+    # REST-to-MCP tools only (null for a hosted server's): the call as last imported or
+    # edited, and the one pinned with the definition (served).
+    rest = models.JSONField(
+        "REST call", null=True, blank=True, editable=False, validators=[validate_rest_call]
+    )
+    pinned_rest = models.JSONField(
+        "pinned REST call",
+        null=True,
+        blank=True,
+        editable=False,
+        validators=[validate_rest_call],
+    )
     flags = models.JSONField(default=list, blank=True, editable=False)
     first_seen_at = models.DateTimeField(auto_now_add=True)
     # When the server's definition last came to differ from the pinned one (or went).
@@ -738,3 +867,24 @@ class McpTool(models.Model):
     @property
     def is_served(self) -> bool:
         return self.status in self.SERVED and self.pinned_definition is not None
+
+    def clean(self) -> None:
+        if self.rest is None:
+            return
+        try:
+            call = rest_call_from_json(self.rest)
+        except ValueError:
+            return  # the field's own validator reports it
+        problems = rest_tool_problems(
+            self.discovered_definition, call, credential=self.credential()
+        )
+        if problems:
+            raise ValidationError({"rest": problems})
+
+    def credential(self) -> CredentialPlace:
+        """Where the gateway sends the server's upstream credential: no argument may."""
+        if self.server_id is None:
+            return CredentialPlace()
+        upstream = self.server.upstream
+        options: dict[str, Any] = upstream.options
+        return CredentialPlace.of(options, upstream.has_secret)

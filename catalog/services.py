@@ -9,12 +9,14 @@ write that changes a part of a product's search document refreshes it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
+import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -32,8 +34,19 @@ from catalog.models import (
     RouteTarget,
     Upstream,
     UpstreamCredential,
+    egress_policy,
     validate_vendor_secret,
 )
+from catalog.openapi import (
+    MAX_DOCUMENT_BYTES,
+    CredentialPlace,
+    OpenApiError,
+    load_document,
+    rest_call_to_json,
+    tools_from_openapi,
+)
+from gateway.egress import EgressError
+from gateway.schema import RestCall
 from gatewaysync.services import gateway_changed
 from portal import audit
 from portal.models import Portal
@@ -458,11 +471,13 @@ def mcp_server_create(
 
 
 def mcp_servers_schedule_discovery(*, servers: Iterable[McpServer]) -> None:
-    """Discover ``servers`` in the background once the current transaction commits."""
+    """Discover ``servers`` in the background once the current transaction commits.
+    REST-to-MCP servers are left out: their tools are imported, not discovered."""
     from catalog.tasks import mcp_server_discover_task
 
     for server in servers:
-        transaction.on_commit(partial(mcp_server_discover_task.delay, server.pk))
+        if not server.is_rest:
+            transaction.on_commit(partial(mcp_server_discover_task.delay, server.pk))
 
 
 def mcp_server_discover(*, server: McpServer) -> McpServer:
@@ -471,7 +486,10 @@ def mcp_server_discover(*, server: McpServer) -> McpServer:
     Blocks for up to ``PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS`` (or the upstream's own
     timeout when shorter); Celery's task and the demo seed call it. Deliberately not
     atomic: no transaction (nor SQLite's write lock) is held while waiting on a server.
+    A REST-to-MCP server is returned as it is: there is no MCP server to ask.
     """
+    if server.is_rest:
+        return server
     # Imported here: the SDK takes a second to import, which only discovery should pay.
     from catalog.mcp_discovery import DiscoveryError, Endpoint, discover
 
@@ -481,6 +499,7 @@ def mcp_server_discover(*, server: McpServer) -> McpServer:
         transport=server.transport,
         options=dict(upstream.options),
         secret=decrypt_secret(upstream.secret_ciphertext) if upstream.has_secret else None,
+        egress=egress_policy(),
     )
     seconds = min(upstream.timeout_seconds, float(settings.PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS))
     try:
@@ -515,25 +534,100 @@ def _served_state(server: McpServer) -> tuple[Any, ...]:
     )
 
 
-def _held_status(tool: McpTool, definition: dict[str, Any]) -> str:
-    """The pinning rule: what a tool's status is when the server now says ``definition``."""
+def _held_status(tool: McpTool, definition: dict[str, Any], rest: dict[str, Any] | None) -> str:
+    """The pinning rule: what a tool's status is when the server now says ``definition``
+    (and, for a REST tool, the OpenAPI document now says ``rest``)."""
     if tool.pinned_definition is None:
         return McpTool.Status.NEW
-    if tool.pinned_definition == definition:
+    if (tool.pinned_definition, tool.pinned_rest) == (definition, rest):
         return McpTool.Status.APPROVED
     return McpTool.Status.CHANGED
 
 
+@dataclass
+class _Listed:
+    """Names of the tools a listing added, held for review (changed) and removed."""
+
+    fresh: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+
+
+def _apply_listing(
+    server: McpServer,
+    listing: Sequence[tuple[dict[str, Any], dict[str, Any] | None]],
+    *,
+    now: datetime,
+    approve_new: bool,
+) -> _Listed:
+    """Apply the pinning rules to ``server``'s tools for a new listing of ``(definition,
+    REST call)`` pairs: a discovery (hosted, no REST calls) or an OpenAPI import.
+
+    - a tool never seen is ``new``: not served until an admin approves it, unless
+      ``approve_new`` (an import: the admin importing is its reviewer), when it is
+      pinned as listed;
+    - a pinned tool whose definition or REST call differs now is ``changed``: held for
+      review, and the pinned one keeps being served (a "rug pull" changes nothing
+      served); back as pinned, it is ``approved`` again;
+    - a pinned tool no longer listed is ``removed`` and no longer served (calls to it
+      could only fail); an unapproved one is forgotten.
+
+    Every listed definition is scanned for injection markers (``flags``).
+    """
+    existing = {tool.name: tool for tool in server.tools.all()}
+    listed = _Listed()
+    fresh: list[McpTool] = []
+    for definition, rest in listing:
+        name = definition["name"]
+        flags = [finding.as_json() for finding in scan_tool(definition)]
+        tool = existing.pop(name, None)
+        if tool is None:
+            tool = McpTool(
+                server=server, name=name, discovered_definition=definition, rest=rest, flags=flags
+            )
+            if approve_new:
+                tool.status, tool.approved_at = McpTool.Status.APPROVED, now
+                tool.pinned_definition, tool.pinned_rest = definition, rest
+            fresh.append(tool)
+            listed.fresh.append(name)
+            continue
+        status = _held_status(tool, definition, rest)
+        if status == McpTool.Status.NEW and approve_new:
+            tool.discovered_definition, tool.rest, tool.flags = definition, rest, flags
+            _pin(tool, now)
+            tool.save(update_fields=["discovered_definition", "rest", "flags"])
+            listed.fresh.append(name)
+            continue
+        current = (tool.status, tool.discovered_definition, tool.rest, tool.flags)
+        if (status, definition, rest, flags) == current:
+            continue
+        if status == McpTool.Status.CHANGED and (definition, rest) != current[1:3]:
+            tool.changed_at = now
+            listed.held.append(name)
+        tool.status, tool.discovered_definition, tool.rest, tool.flags = (
+            status,
+            definition,
+            rest,
+            flags,
+        )
+        tool.save(update_fields=["status", "discovered_definition", "rest", "flags", "changed_at"])
+    McpTool.objects.bulk_create(fresh)
+    for tool in existing.values():
+        if tool.status == McpTool.Status.REMOVED:
+            continue
+        if tool.pinned_definition is None:
+            tool.delete()
+        else:
+            tool.status, tool.changed_at = McpTool.Status.REMOVED, now
+            tool.save(update_fields=["status", "changed_at"])
+            listed.gone.append(tool.name)
+    return listed
+
+
 @transaction.atomic
 def mcp_server_record_discovery(*, server: McpServer, discovery: Discovery) -> McpServer:
-    """Store what a discovery found and apply the pinning rules to the tools.
-
-    - a tool never seen is ``new``: not served until an admin approves it;
-    - a pinned tool whose definition differs now is ``changed``: held for review, and
-      the pinned definition keeps being served (a "rug pull" changes nothing served);
-      back as pinned, it is ``approved`` again;
-    - a pinned tool the server no longer lists is ``removed`` and no longer served
-      (calls to it could only fail); an unapproved one is forgotten.
+    """Store what a discovery found and apply the pinning rules to the tools
+    (:func:`_apply_listing`; new tools wait for an admin).
 
     Every discovered definition is scanned for injection markers (``flags``), and so are
     the server's instructions, prompts and resources (the server's ``flags``). Only a
@@ -546,34 +640,10 @@ def mcp_server_record_discovery(*, server: McpServer, discovery: Discovery) -> M
     server.refresh_from_db()
     before = _served_state(server)
     now = timezone.now()
-    existing = {tool.name: tool for tool in server.tools.all()}
-    held: list[str] = []
-    fresh: list[McpTool] = []
-    for definition in discovery.tools:
-        name = definition["name"]
-        flags = [finding.as_json() for finding in scan_tool(definition)]
-        tool = existing.pop(name, None)
-        if tool is None:
-            fresh.append(
-                McpTool(server=server, name=name, discovered_definition=definition, flags=flags)
-            )
-            continue
-        status = _held_status(tool, definition)
-        if (status, definition, flags) == (tool.status, tool.discovered_definition, tool.flags):
-            continue
-        if status == McpTool.Status.CHANGED and definition != tool.discovered_definition:
-            tool.changed_at = now
-            held.append(name)
-        tool.status, tool.discovered_definition, tool.flags = status, definition, flags
-        tool.save(update_fields=["status", "discovered_definition", "flags", "changed_at"])
-    McpTool.objects.bulk_create(fresh)
-    gone = [tool for tool in existing.values() if tool.status != McpTool.Status.REMOVED]
-    for tool in gone:
-        if tool.pinned_definition is None:
-            tool.delete()
-        else:
-            tool.status, tool.changed_at = McpTool.Status.REMOVED, now
-            tool.save(update_fields=["status", "changed_at"])
+    listed = _apply_listing(
+        server, [(definition, None) for definition in discovery.tools], now=now, approve_new=False
+    )
+    held, fresh = listed.held, listed.fresh
 
     server.protocol_version = discovery.protocol_version
     server.server_name = discovery.server_name
@@ -594,12 +664,7 @@ def mcp_server_record_discovery(*, server: McpServer, discovery: Discovery) -> M
     server.save()
     if held or (fresh and server.approved_at is not None):
         # Changes after approval are what review is for: keep a trail of them.
-        audit.record(
-            "mcp_server.tools_held",
-            server,
-            changed=held,
-            new=[tool.name for tool in fresh],
-        )
+        audit.record("mcp_server.tools_held", server, changed=held, new=fresh)
     if _served_state(server) != before:
         product_refresh_search_document(product=server.product)
         gateway_changed()
@@ -607,10 +672,12 @@ def mcp_server_record_discovery(*, server: McpServer, discovery: Discovery) -> M
 
 
 def _pin(tool: McpTool, now: datetime) -> None:
+    """Pin what was last listed: the definition, and a REST tool's call with it."""
     tool.pinned_definition = tool.discovered_definition
+    tool.pinned_rest = tool.rest
     tool.status = McpTool.Status.APPROVED
     tool.approved_at = now
-    tool.save(update_fields=["pinned_definition", "status", "approved_at"])
+    tool.save(update_fields=["pinned_definition", "pinned_rest", "status", "approved_at"])
 
 
 @transaction.atomic
@@ -621,7 +688,7 @@ def mcp_server_approve(*, server: McpServer) -> McpServer:
     Flagged tools are approved too (the admin has seen the flags); the audit event names
     them.
     """
-    if server.last_discovered_at is None:
+    if server.last_discovered_at is None and not server.is_rest:
         raise ValidationError("Nothing to approve yet: the server has not been discovered.")
     now = timezone.now()
     tools = list(server.tools.exclude(status=McpTool.Status.REMOVED))
@@ -649,5 +716,237 @@ def mcp_tool_approve(*, tool: McpTool) -> McpTool:
     _pin(tool, timezone.now())
     audit.record("mcp_tool.approve", tool, server=tool.server_id, flagged=bool(tool.flags))
     product_refresh_search_document(product=tool.server.product)
+    gateway_changed()
+    return tool
+
+
+# REST-to-MCP ------------------------------------------------------------------------------
+
+OPENAPI_FETCH_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class OpenApiImportResult:
+    """What an import did, by tool name, and what it could not import (``warnings``).
+    ``notes`` are what the admin should know besides (the document's server, say)."""
+
+    added: list[str]
+    held: list[str]
+    removed: list[str]
+    unchanged: int
+    warnings: list[str]
+    notes: list[str]
+    server_url: str
+
+
+def openapi_fetch(*, url: str) -> dict[str, Any]:
+    """The OpenAPI document at ``url``, parsed, for :func:`rest_server_import_openapi`.
+
+    ``url`` passes the egress policy, and the connection goes to an address that was
+    checked (so a name cannot point elsewhere by the time it is used); redirects are not
+    followed (they would lead somewhere unchecked), and at most ``MAX_DOCUMENT_BYTES``
+    are read, each attempt within ``OPENAPI_FETCH_SECONDS``. Raises ``ValidationError``
+    with a sentence for the admin.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter the http:// or https:// URL of the OpenAPI document.")
+    if parts.username or parts.password:
+        raise ValidationError("Leave credentials out of the URL: the document is fetched as is.")
+    try:
+        addresses = egress_policy().resolve_url(url)
+    except EgressError as exc:
+        raise ValidationError(f"Not fetched: {exc}") from None
+    origin = parts.hostname + (f":{parts.port}" if parts.port else "")
+    timeout = httpx.Timeout(OPENAPI_FETCH_SECONDS, connect=min(5.0, OPENAPI_FETCH_SECONDS))
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        # Like a browser, the next address when one refuses (localhost: ::1, then 127.0.0.1).
+        for attempt, address in enumerate(addresses[:3], start=1):
+            try:
+                body = _fetch_from(client, parts, address, origin)
+                break
+            except httpx.ConnectError as exc:
+                if attempt == min(len(addresses), 3):
+                    raise ValidationError(
+                        f"Could not fetch the document from {origin}: {_why(exc)}."
+                    ) from None
+            except httpx.TimeoutException:
+                raise ValidationError(
+                    f"{origin} did not send the document within {OPENAPI_FETCH_SECONDS:g} seconds."
+                ) from None
+            except httpx.HTTPError as exc:
+                raise ValidationError(
+                    f"Could not fetch the document from {origin}: {_why(exc)}."
+                ) from None
+    try:
+        return load_document(body)
+    except OpenApiError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _fetch_from(client: httpx.Client, parts: SplitResult, address: str, origin: str) -> bytes:
+    """GET the document of ``parts`` from ``address`` (one its host resolved to)."""
+    host = f"[{address}]" if ":" in address else address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    headers = {
+        "Host": parts.netloc,
+        "Accept": "application/json, application/yaml;q=0.9, */*;q=0.5",
+        "User-Agent": "portico-openapi-import",
+    }
+    # TLS still checks the certificate against the host name, not the address.
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    with client.stream("GET", pinned, headers=headers, extensions=extensions) as response:
+        if response.is_redirect:
+            target = urlsplit(response.headers.get("location", "")).hostname or origin
+            raise ValidationError(
+                f"{origin} answered with a redirect (HTTP {response.status_code}, to {target}), "
+                "which is not followed: import from the URL it points to, if you trust it."
+            )
+        if response.status_code != 200:
+            raise ValidationError(
+                f"{origin} answered HTTP {response.status_code} instead of the document."
+            )
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_DOCUMENT_BYTES:
+                raise ValidationError(
+                    f"The document is larger than {MAX_DOCUMENT_BYTES >> 20} MiB, which is as "
+                    "much as Portico imports."
+                )
+    return bytes(body)
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused (is the service running, and is the port right?)"
+    if "certificate" in text or "ssl" in text:
+        return "the TLS handshake failed (certificate?)"
+    return f"network error ({type(exc).__name__})"
+
+
+@transaction.atomic
+def rest_server_import_openapi(
+    *, server: McpServer, document: Mapping[str, Any], source_url: str = ""
+) -> OpenApiImportResult:
+    """Import the operations of an OpenAPI ``document`` as ``server``'s tools.
+
+    The admin importing is the reviewer: a tool that is new here is pinned and served
+    at once (injection markers are still flagged). Tools already here follow the
+    pinning rules of discovery (:func:`_apply_listing`): one whose definition or REST
+    call differs is held as ``changed`` while the pinned one keeps being served, and
+    one the document no longer has is ``removed``. A document of which nothing can be
+    imported changes nothing. ``source_url`` is where it came from (empty: uploaded);
+    a relative server URL in the document is resolved against it.
+    """
+    if not server.is_rest:
+        raise ValidationError(
+            "Only the server of a REST service (an upstream of vendor 'REST service') takes "
+            "OpenAPI documents; an MCP server's tools are discovered."
+        )
+    upstream = server.upstream
+    try:
+        found = tools_from_openapi(
+            document, credential=CredentialPlace.of(upstream.options, upstream.has_secret)
+        )
+    except OpenApiError as exc:
+        raise ValidationError(str(exc)) from None
+    if not found.tools:
+        why = "; ".join(found.warnings[:3]) or "it has no operations"
+        raise ValidationError(f"Nothing was imported: no operation could become a tool ({why}).")
+    McpServer.objects.select_for_update().filter(pk=server.pk).values_list("pk").get()
+    server.refresh_from_db()
+    before = _served_state(server)
+    now = timezone.now()
+    listing = [(tool.definition, rest_call_to_json(tool.rest)) for tool in found.tools]
+    listed = _apply_listing(server, listing, now=now, approve_new=True)
+    server.server_name, server.server_version = found.title, found.version
+    server.last_error = "\n".join(found.warnings)
+    server.last_checked_at = server.last_discovered_at = now
+    server.openapi_url = source_url
+    server.save(
+        update_fields=[
+            "server_name",
+            "server_version",
+            "last_error",
+            "last_checked_at",
+            "last_discovered_at",
+            "openapi_url",
+            "updated_at",
+        ]
+    )
+    audit.record(
+        "mcp_server.openapi_import",
+        server,
+        source=source_url or "upload",
+        added=listed.fresh,
+        held=listed.held,
+        removed=listed.gone,
+    )
+    server_url = urljoin(source_url, found.server_url) if source_url else found.server_url
+    notes: list[str] = []
+    base_url = server.upstream.base_url
+    if server_url and server_url.rstrip("/") != base_url.rstrip("/"):
+        notes.append(
+            f"The document's server is {server_url}; the tools call the upstream's base URL, "
+            f"{base_url}. Change the upstream if that is not where the API is."
+        )
+    if _served_state(server) != before:
+        product_refresh_search_document(product=server.product)
+        gateway_changed()
+    return OpenApiImportResult(
+        added=listed.fresh,
+        held=listed.held,
+        removed=listed.gone,
+        unchanged=len(found.tools) - len(listed.fresh) - len(listed.held),
+        warnings=found.warnings,
+        notes=notes,
+        server_url=server_url,
+    )
+
+
+@transaction.atomic
+def rest_tool_save(
+    *,
+    server: McpServer,
+    definition: dict[str, Any],
+    rest: RestCall,
+    tool: McpTool | None = None,
+) -> McpTool:
+    """Define a REST tool of ``server`` by hand (``tool`` None), or edit ``tool``.
+
+    The admin writing it is its reviewer: it is pinned and served at once (markers are
+    still flagged). Its name is ``definition["name"]`` and does not change on an edit,
+    since apps' allow-lists name tools. Raises ``ValidationError`` for a tool that could
+    not work (see ``catalog.openapi.rest_tool_problems``).
+    """
+    if not server.is_rest:
+        raise ValidationError("Tools are defined by hand on a REST service's server only.")
+    name = str(definition.get("name", ""))
+    if tool is None:
+        tool = McpTool(server=server, name=name)
+    elif tool.server_id != server.pk or tool.name != name:
+        raise ValidationError("A tool keeps its server and its name.")
+    created = tool.pk is None
+    now = timezone.now()
+    call = rest_call_to_json(rest)
+    pinned = (tool.pinned_definition, tool.pinned_rest)
+    if not created and tool.pinned_definition is not None and pinned != (definition, call):
+        tool.changed_at = now
+    tool.discovered_definition, tool.rest = definition, call
+    tool.pinned_definition, tool.pinned_rest = definition, call
+    tool.flags = [finding.as_json() for finding in scan_tool(definition)]
+    tool.status, tool.approved_at = McpTool.Status.APPROVED, now
+    tool.full_clean()
+    tool.save()
+    audit.record(
+        "mcp_tool.define" if created else "mcp_tool.edit",
+        tool,
+        server=server.pk,
+        flagged=bool(tool.flags),
+    )
+    product_refresh_search_document(product=server.product)
     gateway_changed()
     return tool

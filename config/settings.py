@@ -23,6 +23,7 @@ from config.env import (
     env_str,
     secret_from_env_or_file,
 )
+from gateway.egress import EgressPolicy
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,16 @@ PORTICO_MCP_REFRESH_SECONDS = env_int("PORTICO_MCP_REFRESH_SECONDS", 900, minimu
 PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS = env_int(
     "PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS", 30, minimum=1
 )
+# MCP clients over OAuth (oauth/): how long a refresh token lasts unused. Each use
+# rotates it; access tokens live 15 minutes (gateway/access_tokens.py).
+PORTICO_OAUTH_REFRESH_TOKEN_DAYS = env_int("PORTICO_OAUTH_REFRESH_TOKEN_DAYS", 30, minimum=1)
+# Admin-set URLs (upstreams, OAuth token URLs, OpenAPI imports) reach public addresses
+# only, and these networks, addresses or host names besides (gateway/egress.py).
+PORTICO_EGRESS_ALLOW = env_list("PORTICO_EGRESS_ALLOW", [])
+try:
+    EgressPolicy.parse(PORTICO_EGRESS_ALLOW)
+except ValueError as exc:
+    raise ConfigurationError(f"PORTICO_EGRESS_ALLOW: {exc}") from None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -88,6 +99,7 @@ INSTALLED_APPS = [
     "catalog",
     "consumers",
     "gatewaysync",
+    "oauth",
 ]
 
 MIDDLEWARE = [

@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/v1/gateway/", include("gatewaysync.urls")),
     path("api/v1/", include(("config.api_urls", "api"))),
     path("api/", include((api_urls.schema_urlpatterns, "api-docs"))),
+    path("", include("oauth.urls")),
     path("", include("portal.urls")),
 ]

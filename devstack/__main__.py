@@ -1,10 +1,14 @@
 """``make run``: bring up the whole of Portico on the embedded defaults, with demo data.
 
-Migrates, seeds the demo (idempotent), starts the mock LLM and the demo MCP server,
-discovers and approves the demo MCP product's tools, starts the portal, a Celery worker
-and beat, and the gateway; waits until the demo key works through the gateway; prints
-how to use it and writes the same to ``var/demo.json``; then runs until Ctrl-C (or
-SIGTERM), when it stops every process and exits 0.
+Migrates, seeds the demo (idempotent), starts the mock LLM, the demo MCP server and the
+demo REST service, discovers and approves the demo MCP product's tools and imports the
+REST service's OpenAPI document as the REST-to-MCP product's, starts the portal, a
+Celery worker and beat, and the gateway; waits until the demo key works through the
+gateway; prints how to use it and writes the same to ``var/demo.json``; then runs until
+Ctrl-C (or SIGTERM), when it stops every process and exits 0.
+
+The demo upstreams listen on loopback, which the egress policy refuses by default; so,
+unless ``PORTICO_EGRESS_ALLOW`` is set, it allows loopback here (for every process).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from devstack.portico import (
     Ports,
     start_beat,
     start_demo_mcp,
+    start_demo_rest,
     start_gateway,
     start_mock_llm,
     start_portal,
@@ -55,30 +60,37 @@ def _demo_call_works(gateway_url: str, key: str, model: str) -> bool:
     return response.status_code == 200
 
 
+# What the demo's own upstreams need from the egress policy (gateway/egress.py).
+DEMO_EGRESS_ALLOW = "127.0.0.0/8,::1"
+
+
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # Before the settings are read; the processes started below inherit it.
+    os.environ.setdefault("PORTICO_EGRESS_ALLOW", DEMO_EGRESS_ALLOW)
     django.setup()
     # The readiness polls are not news; the processes' own logs are in var/log/.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from django.conf import settings
     from django.core.management import call_command
 
-    from portal.demo import seed_demo, seed_demo_mcp_tools
+    from portal.demo import seed_demo, seed_demo_mcp_tools, seed_demo_rest_tools
 
     ports = Ports(
         portal=_env_port("PORTICO_PORTAL_PORT", 8000),
         gateway=_env_port("PORTICO_GATEWAY_PORT", 8080),
         mock_llm=_env_port("PORTICO_MOCK_LLM_PORT", 9100),
         demo_mcp=_env_port("PORTICO_DEMO_MCP_PORT", 9200),
+        demo_rest=_env_port("PORTICO_DEMO_REST_PORT", 9201),
     )
-    all_ports = (ports.portal, ports.gateway, ports.mock_llm, ports.demo_mcp)
+    all_ports = (ports.portal, ports.gateway, ports.mock_llm, ports.demo_mcp, ports.demo_rest)
     busy = [p for p in all_ports if port_in_use(p)]
     if busy:
         # Otherwise the readiness checks below would pass against whatever holds them.
         print(
             f"Port(s) {', '.join(map(str, busy))} are in use: is Portico already running? "
             "Stop it, or choose other ports with PORTICO_PORTAL_PORT, PORTICO_GATEWAY_PORT, "
-            "PORTICO_MOCK_LLM_PORT and PORTICO_DEMO_MCP_PORT.",
+            "PORTICO_MOCK_LLM_PORT, PORTICO_DEMO_MCP_PORT and PORTICO_DEMO_REST_PORT.",
             file=sys.stderr,
         )
         return 1
@@ -89,7 +101,11 @@ def main() -> int:
     print("Migrating the database…", flush=True)
     call_command("migrate", interactive=False, verbosity=0)
     # The seed's changes queue a publish for the worker, which starts below.
-    seed = seed_demo(mock_llm_url=ports.mock_llm_url, demo_mcp_url=ports.demo_mcp_url)
+    seed = seed_demo(
+        mock_llm_url=ports.mock_llm_url,
+        demo_mcp_url=ports.demo_mcp_url,
+        demo_rest_url=ports.demo_rest_url,
+    )
 
     child_env = {
         "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -109,14 +125,18 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print(
-            "Starting the mock LLM, demo MCP server, portal, worker, beat and gateway…",
+            "Starting the mock LLM, demo MCP server, demo REST service, portal, worker, beat "
+            "and gateway…",
             flush=True,
         )
         start_mock_llm(stack, ports, require_key=seed.upstream_key)
         start_demo_mcp(stack, ports, require_key=seed.mcp_upstream_key)
+        start_demo_rest(stack, ports, require_key=seed.rest_upstream_key)
         # Discovered here, at once, rather than by the worker: the first revision then
         # already serves the demo tools. (Queued publishes wait for the worker below.)
         seed_demo_mcp_tools()
+        # Imported from the running service's own OpenAPI document, the first time.
+        seed_demo_rest_tools(openapi_url=f"{ports.demo_rest_url}/openapi.json")
         start_portal(stack, ports)
         start_worker(stack)
         start_beat(stack, str(var_dir / "celery" / "beat-schedule"))
@@ -160,6 +180,8 @@ def _announce(stack: Stack, ports: Ports, seed: DemoSeed, demo_file: Path, model
         "models": seed.models,
         "mcp_product": seed.products["mcp"],
         "mcp_url": f"{ports.gateway_url}/mcp/{seed.products['mcp']}",
+        "rest_mcp_product": seed.products["rest_mcp"],
+        "rest_mcp_url": f"{ports.gateway_url}/mcp/{seed.products['rest_mcp']}",
         "logs": str(stack.log_dir),
     }
     demo_path = str(demo_file)
@@ -187,6 +209,7 @@ Call the demo model through the gateway with the demo key:
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello, Portico"}}]}}'
 
 The demo MCP server's tools, with the same key, in any MCP client: {demo["mcp_url"]}
+The demo REST service's API as MCP tools (REST-to-MCP), the same way: {demo["rest_mcp_url"]}
 
 The same details are in {demo_path}; logs are in {demo["logs"]}.
 Press Ctrl-C to stop.

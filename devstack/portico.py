@@ -14,6 +14,7 @@ class Ports:
     gateway: int = 8080
     mock_llm: int = 9100
     demo_mcp: int = 9200
+    demo_rest: int = 9201
 
     @property
     def portal_url(self) -> str:
@@ -30,6 +31,10 @@ class Ports:
     @property
     def demo_mcp_url(self) -> str:
         return f"http://127.0.0.1:{self.demo_mcp}/mcp"
+
+    @property
+    def demo_rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.demo_rest}"
 
 
 def _start_local_upstream(
@@ -54,6 +59,12 @@ def start_mock_llm(stack: Stack, ports: Ports, *, require_key: str | None = None
 def start_demo_mcp(stack: Stack, ports: Ports, *, require_key: str | None = None) -> Service:
     return _start_local_upstream(
         stack, "demo-mcp", "devstack.demo_mcp", ports.demo_mcp, "/healthz", require_key
+    )
+
+
+def start_demo_rest(stack: Stack, ports: Ports, *, require_key: str | None = None) -> Service:
+    return _start_local_upstream(
+        stack, "demo-rest", "devstack.demo_rest", ports.demo_rest, "/healthz", require_key
     )
 
 

@@ -29,11 +29,13 @@ from gateway import __version__, anthropic, openai_responses, realtime
 from gateway.admin import AdminListener
 from gateway.cache import Directive, Entry, Recorder, cache_key, create_cache, directive
 from gateway.config import GatewaySettings
+from gateway.connector import EgressConnector
 from gateway.control import Heartbeater, control_plane_client
 from gateway.keys import hash_key
 from gateway.limits import Decision, Limits, create_limiter
-from gateway.mcp.server import McpService
+from gateway.mcp.server import McpService, resource_metadata
 from gateway.mcp.sessions import Sessions
+from gateway.mcp.streams import SseHub
 from gateway.mcp.upstream import McpUpstreams
 from gateway.proxy import (
     OPENAI_CLIENT,
@@ -54,6 +56,7 @@ from gateway.usage import HttpSink, RedisSink, UsageReporter
 log = logging.getLogger("gateway.app")
 
 _CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+_METADATA_PATH = "/.well-known/oauth-protected-resource"
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,59}$")
 # Upstream connections: enough for many concurrent streams per process, with no
 # per-host cap (most traffic goes to a handful of vendors).
@@ -144,6 +147,7 @@ class Gateway:
         self.mcp_sessions = Sessions(
             settings.keys.seal_key, settings.redis_url, settings.redis_timeout_seconds
         )
+        self.mcp_streams = SseHub(self.mcp_sessions.redis)
         self.mcp: McpService | None = None
         self._max_body = settings.max_body_bytes
         self._instance_id = settings.instance_id
@@ -181,15 +185,22 @@ class Gateway:
         await asyncio.to_thread(settings.state_dir.mkdir, parents=True, exist_ok=True)
         await self.store.load(settings.keys)
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=_UPSTREAM_CONNECTIONS, limit_per_host=0, keepalive_timeout=30
+            connector=EgressConnector(
+                settings.egress, limit=_UPSTREAM_CONNECTIONS, limit_per_host=0, keepalive_timeout=30
             ),
             headers={"User-Agent": f"portico-gateway/{__version__}"},
             # Upstream URLs come from revisions only; no proxy or netrc from the environment.
             trust_env=False,
         )
         self.upstreams = Upstreams(self.session, self.router)
-        self.mcp = McpService(self, self.mcp_sessions, McpUpstreams(self.session))
+        self.mcp = McpService(
+            self,
+            self.mcp_sessions,
+            McpUpstreams(self.session),
+            token_key=settings.keys.token_key,
+            hub=self.mcp_streams,
+            allowed_origins=settings.allowed_origins,
+        )
         bound = await self.admin.start()
         self.heartbeater = Heartbeater(
             client=self.http,
@@ -219,6 +230,7 @@ class Gateway:
             await self.session.close()
         await self.limiter.close()
         await self.cache.close()
+        await self.mcp_streams.shutdown()
         await self.mcp_sessions.close()
         await self.http.aclose()
         if self.redis_sink is not None:
@@ -238,6 +250,8 @@ class Gateway:
         request_id = _request_id(_header(scope, b"x-request-id"))
         if scope["method"] == "GET" and path == "/healthz":
             await send_body(send, 200, b'{"status":"ok"}', request_id.encode())
+        elif scope["method"] == "GET" and path.startswith(_METADATA_PATH):
+            await self._resource_metadata(send, path[len(_METADATA_PATH) :], request_id)
         elif scope["method"] == "GET" and path == "/readyz":
             number = self.store.number
             if number is None:
@@ -247,6 +261,23 @@ class Gateway:
                 await send_body(send, 200, body, request_id.encode())
         else:
             await send_error(send, _unknown_url(scope["method"], path), request_id)
+
+    async def _resource_metadata(self, send: Send, resource: str, request_id: str) -> None:
+        """RFC 9728 metadata of an MCP endpoint (``/mcp/<product>`` or ``/mcp``; the
+        root document describes ``/mcp``), when the portal issues tokens for them."""
+        revision = self.store.current
+        oauth = revision.doc.oauth if revision is not None else None
+        slug = resource[len("/mcp/") :] if resource.startswith("/mcp/") else None
+        known = resource in ("", "/mcp") or (
+            slug is not None and revision is not None and slug in revision.mcp.products
+        )
+        if oauth is None or not known:
+            await send_error(send, _unknown_url("GET", _METADATA_PATH + resource), request_id)
+            return
+        body = orjson.dumps(resource_metadata(oauth.resource_base, oauth.issuer, slug))
+        # Public metadata, fetched by browser-based clients from other origins too.
+        cors: Headers = [(b"access-control-allow-origin", b"*")]
+        await send_body(send, 200, body, request_id.encode(), extra=cors)
 
     async def _api(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         key: bytes | None = None
@@ -357,6 +388,10 @@ class Gateway:
                 estimated=call.outcome.tokens.estimated,
             )
         )
+
+    def current(self) -> AppliedRevision | None:
+        """The applied revision, if any (``gateway.mcp.server.Host``)."""
+        return self.store.current
 
     def authenticate(self, call: Call, key: bytes | None) -> tuple[AppliedRevision, Consumer]:
         """The applied revision and the key's consumer; raises 503 or 401 otherwise."""

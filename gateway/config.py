@@ -48,6 +48,15 @@ Every variable, its default and what it does:
 ``PORTICO_GATEWAY_REDIS_TIMEOUT_SECONDS`` (``0.5``)
     How long a rate-limit check waits for Redis before the call is decided by this
     process's own counters instead (Redis is then left alone for two seconds).
+``PORTICO_GATEWAY_ALLOWED_ORIGINS`` (unset)
+    Comma-separated browser origins (``https://app.example.com``) that may call the MCP
+    endpoints, besides loopback pages, the portal and the gateway's own public URL;
+    ``*`` allows any. A request naming another ``Origin`` gets 403 (the MCP
+    specification's defence against DNS rebinding).
+``PORTICO_EGRESS_ALLOW`` (unset)
+    Networks, addresses and host names upstreams may be reached at although they are
+    not public (``10.0.0.0/8,ollama.internal``); every new upstream connection is
+    checked (``gateway.connector``). Unset, only public addresses are dialled.
 ``PORTICO_LOG_LEVEL`` (``INFO``)
     ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``.
 """
@@ -61,6 +70,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.egress import EgressPolicy
 from gateway.secrets import GatewayKeys
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -94,6 +104,8 @@ class GatewaySettings:
     redis_url: str | None = field(default=None, repr=False)
     redis_timeout_seconds: float = 0.5
     cache_max_bytes: int = 64 * 1024 * 1024
+    allowed_origins: frozenset[str] = frozenset()
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
     log_level: str = "INFO"
 
     @classmethod
@@ -150,6 +162,8 @@ class GatewaySettings:
             cache_max_bytes=reader.integer(
                 "PORTICO_GATEWAY_CACHE_MAX_BYTES", 64 * 1024 * 1024, low=0, high=1 << 40
             ),
+            allowed_origins=_origins(env.get("PORTICO_GATEWAY_ALLOWED_ORIGINS", "")),
+            egress=_egress(env),
             log_level=log_level,
         )
 
@@ -163,6 +177,24 @@ class GatewaySettings:
         elif ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{bound_port}"
+
+
+def _egress(env: Mapping[str, str]) -> EgressPolicy:
+    try:
+        return EgressPolicy.from_env(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _origins(raw: str) -> frozenset[str]:
+    origins = frozenset(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^\s/]+", origin):
+            raise ConfigError(
+                "PORTICO_GATEWAY_ALLOWED_ORIGINS must list origins such as "
+                f"https://app.example.com (or *), not {origin!r}"
+            )
+    return origins
 
 
 class _Reader:

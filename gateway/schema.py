@@ -95,22 +95,36 @@ NON_MODEL_VENDORS = frozenset({MCP_VENDOR, REST_VENDOR})
 # against ``options["token_url"]`` with ``options["client_id"]`` (the secret is the
 # client secret). No option: bearer when there is a secret.
 MCP_AUTH_STYLES = ("bearer", "header", "oauth2")
+# A REST service may also take its key in a query parameter (``options["param"]``).
+REST_AUTH_STYLES = (*MCP_AUTH_STYLES, "query")
 
 
 class RestArgument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where one tool argument goes in the REST request: ``in_`` is ``path`` (replaces
-    ``{name}`` in the URL template), ``query``, ``header`` or ``body`` (a top-level
-    field of the JSON body); ``field`` is its name there (default: the argument's)."""
+    ``{field}`` in the path template, percent-encoded), ``query``, ``header``, ``body``
+    (a top-level field of the JSON body) or ``whole_body`` (the argument is the JSON
+    body itself, for a body that is not an object); ``field`` is its name there
+    (default: the argument's). An argument the call leaves out is left out of the
+    request; a list in ``query`` repeats the parameter."""
 
     name: Name
-    in_: Literal["path", "query", "header", "body"] = msgspec.field(name="in", default="query")
+    in_: Literal["path", "query", "header", "body", "whole_body"] = msgspec.field(
+        name="in", default="query"
+    )
     field: str = ""
 
 
 class RestCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How a REST-to-MCP tool calls its service: ``path`` is a template relative to the
     upstream's base URL (``/pets/{id}``); ``select`` is a dotted path into the JSON answer
-    (``data.items``) that becomes the tool's result (empty: the whole answer)."""
+    (``data.items``, ``items.0.name``) that becomes the tool's result (empty: the whole
+    answer).
+
+    The result: a 2xx JSON answer becomes a text content block holding the (selected)
+    JSON, and ``structuredContent`` too when it is an object; a non-JSON answer is
+    text; any other status is a result with ``isError`` true giving the status and the
+    start of the body. Redirects are not followed.
+    """
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: Annotated[str, msgspec.Meta(max_length=2000)]
@@ -207,6 +221,22 @@ class Credential(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=Fal
     expires_at: float | None = None  # unix seconds
 
 
+class OAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The portal as the OAuth 2.1 authorization server of the MCP endpoints.
+
+    ``issuer`` is the authorization server (published in the protected resource
+    metadata, RFC 9728); ``resource_base`` the gateway's public URL, to which a token's
+    audience is ``<resource_base>/mcp/<product>`` (or ``/mcp``); access tokens are
+    verified with a key derived from the shared gateway secret
+    (``gateway.access_tokens``). ``revoked_grants`` lists grants revoked while access
+    tokens issued under them may still be unexpired.
+    """
+
+    issuer: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    resource_base: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    revoked_grants: list[int] = []
+
+
 class Revision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the data plane needs to decide a request."""
 
@@ -215,6 +245,9 @@ class Revision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     created_at: str
     upstreams: dict[str, Upstream] = {}
     products: dict[str, Product] = {}
+    oauth: OAuth | None = None
+    # These two stay last: large revisions are split and written around them
+    # (``gateway.revision.encode_incrementally``).
     consumers: dict[str, Consumer] = {}
     credentials: dict[str, Credential] = {}
 

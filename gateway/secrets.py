@@ -6,7 +6,9 @@ derived from it with HKDF so that neither use leaks the other:
 - the bearer token each plane presents to the other (revision pushes, heartbeats,
   usage ingest);
 - the AES-256-GCM key that seals upstream secrets inside a revision, so they cross the
-  channel and rest on disk (last-known-good file) encrypted.
+  channel and rest on disk (last-known-good file) encrypted;
+- the HMAC key that signs the OAuth access tokens of the MCP endpoints
+  (``gateway.access_tokens``): the portal mints them, gateways check them.
 
 This module is part of the data plane's contract: the control plane imports it to
 seal secrets when it compiles a revision. It must not import Django.
@@ -42,13 +44,18 @@ class GatewayKeys:
     # Kept out of reprs so that logging a settings object can never print them.
     auth_token: str = field(repr=False)
     seal_key: bytes = field(repr=False)
+    token_key: bytes = field(repr=False)
 
     @classmethod
     def from_secret(cls, secret: str) -> GatewayKeys:
         if len(secret) < 32:
             raise ValueError("the gateway secret must be at least 32 characters long")
         token = _derive(secret, b"portico gateway auth v1").hex()
-        return cls(auth_token=token, seal_key=_derive(secret, b"portico revision secrets v1"))
+        return cls(
+            auth_token=token,
+            seal_key=_derive(secret, b"portico revision secrets v1"),
+            token_key=_derive(secret, b"portico mcp access tokens v1"),
+        )
 
     def check_bearer(self, header_value: str | None) -> bool:
         """Constant-time check of an ``Authorization`` header value."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,9 +33,11 @@ from catalog.models import (
 from consumers.models import Consumer, Credential, Subscription
 from gateway import schema
 from gateway.secrets import GatewayKeys
+from oauth.revision import revision_oauth
 from portal.models import Membership
 
 _encoder = msgspec.json.Encoder()
+logger = logging.getLogger(__name__)
 
 CredentialRow = tuple[str, int, int, datetime | None]  # key_hash, pk, consumer_id, expires_at
 
@@ -52,6 +55,7 @@ class CompiledState:
     consumers: dict[str, schema.Consumer]
     credentials: dict[str, schema.Credential]
     content_hash: str
+    oauth: schema.OAuth | None = None
 
     def to_revision(self, number: int) -> schema.Revision:
         return schema.Revision(
@@ -62,6 +66,7 @@ class CompiledState:
             products=self.products,
             consumers=self.consumers,
             credentials=self.credentials,
+            oauth=self.oauth,
         )
 
 
@@ -117,7 +122,7 @@ def compile_state() -> CompiledState:
     served_tools = McpTool.objects.served()
     products = list(
         Product.objects.filter(status=Product.Status.PUBLISHED)
-        .select_related("mcp_server")
+        .select_related("mcp_server__upstream")
         .prefetch_related(
             Prefetch("model_routes", queryset=routes),
             Prefetch("mcp_server__tools", queryset=served_tools, to_attr="served_tools"),
@@ -203,13 +208,16 @@ def compile_state() -> CompiledState:
 
     rows = usable_credential_rows(now).order_by("pk")
     credentials = dict(credential_entries(rows.iterator(chunk_size=10_000)))
+    # The portal as the MCP endpoints' OAuth server, and the grants revoked lately.
+    oauth = revision_oauth(now=now)
 
     return CompiledState(
         upstreams=upstreams,
         products=compiled_products,
         consumers=consumers,
         credentials=credentials,
-        content_hash=_content_hash(fingerprinted, compiled_products, consumers, credentials),
+        content_hash=_content_hash(fingerprinted, compiled_products, consumers, credentials, oauth),
+        oauth=oauth,
     )
 
 
@@ -258,20 +266,46 @@ def _mcp_server_of(product: Product) -> McpServer | None:
 
 def _compile_mcp(server: McpServer) -> schema.McpServer:
     """What the gateway serves of an MCP server. Its prompts, resources and instructions
-    are served as discovered, but only once an admin has approved the server."""
+    are served as discovered, but only once an admin has approved the server.
+
+    A REST-to-MCP server's tools go with their pinned REST calls, and only those that
+    have one; a hosted server's only without one (the gateway refuses a whole revision
+    for a REST tool without its call, and would relay a REST tool to an MCP server).
+    """
     approved = server.approved_at is not None
+    rest = server.upstream.vendor == schema.REST_VENDOR
+    tools = []
+    for tool in getattr(server, "served_tools", []):
+        call = _pinned_rest_call(tool) if rest else None
+        if (rest and call is None) or (not rest and tool.pinned_rest is not None):
+            continue
+        tools.append(
+            schema.McpTool(name=tool.name, definition=tool.pinned_definition or {}, rest=call)
+        )
     return schema.McpServer(
         upstream=str(server.upstream_id),
         transport=cast(Literal["streamable_http", "sse"], server.transport),
-        tools=[
-            schema.McpTool(name=tool.name, definition=tool.pinned_definition or {})
-            for tool in getattr(server, "served_tools", [])
-        ],
+        tools=tools,
         prompts=server.prompts if approved else [],
         resources=server.resources if approved else [],
         resource_templates=server.resource_templates if approved else [],
         instructions=server.instructions if approved else "",
     )
+
+
+def _pinned_rest_call(tool: McpTool) -> schema.RestCall | None:
+    """A REST tool's pinned call as the gateway reads it; ``None`` when it has none or
+    it no longer decodes (validated when pinned, so only a schema change could do it):
+    that tool is left out rather than every product stopped with a refused revision."""
+    if tool.pinned_rest is None:
+        return None
+    try:
+        return msgspec.convert(tool.pinned_rest, schema.RestCall)
+    except msgspec.ValidationError:
+        logger.warning(
+            "REST tool %s (id %s) has a pinned call that does not decode", tool.name, tool.pk
+        )
+        return None
 
 
 def _compile_plan(plan: Plan) -> schema.Plan:
@@ -311,10 +345,13 @@ def _content_hash(
     products: dict[str, schema.Product],
     consumers: dict[str, schema.Consumer],
     credentials: dict[str, schema.Credential],
+    oauth: schema.OAuth | None = None,
 ) -> str:
     digest = hashlib.sha256()
     for part in (fingerprinted, products, consumers, credentials):
         digest.update(_encoder.encode(part))
+    if oauth is not None:  # a revoked grant must make a new revision
+        digest.update(_encoder.encode(oauth))
     return digest.hexdigest()
 
 
@@ -335,13 +372,15 @@ def document_content_hash(doc: schema.Revision) -> str:
         dict(sorted(doc.products.items())),
         dict(sorted(doc.consumers.items(), key=lambda item: item[1].id)),
         dict(sorted(doc.credentials.items(), key=lambda item: item[1].id)),
+        doc.oauth,
     )
 
 
 def only_credentials_changed(previous: schema.Revision, state: CompiledState) -> bool:
     """True when ``state`` differs from ``previous`` in credentials alone."""
     return (
-        _encoder.encode(previous.products) == _encoder.encode(state.products)
+        previous.oauth == state.oauth
+        and _encoder.encode(previous.products) == _encoder.encode(state.products)
         and _encoder.encode(previous.consumers) == _encoder.encode(state.consumers)
         and previous.upstreams.keys() == state.upstreams.keys()
         and all(_same_upstream(previous.upstreams[k], state.upstreams[k]) for k in state.upstreams)

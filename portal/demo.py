@@ -1,5 +1,5 @@
 """The demo data that ``make run`` seeds: a portal, a model product, an MCP product, a
-developer and a key.
+REST-to-MCP product, a developer and a key.
 
 Seeding is idempotent: run again, it finds what it made before and only issues a new
 demo key when the last one can no longer be used (its plaintext is only ever on disk
@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from catalog import services as catalog_services
@@ -34,6 +35,8 @@ DEMO_LARGE_MODEL = "demo-model-large"
 DEMO_EMBEDDING_MODEL = "demo-embedding"
 DEMO_MCP_SLUG = "demo-tools"
 DEMO_MCP_UPSTREAM = "Demo MCP server"
+DEMO_REST_SLUG = "demo-rest-tools"
+DEMO_REST_UPSTREAM = "Demo REST service"
 ADMIN_USERNAME = "admin"
 DEMO_GUIDE = """\
 Demo Chat answers like an OpenAI chat model but **echoes your last message**, so you can
@@ -61,6 +64,18 @@ prompt puts them together.
 The gateway calls the server with its own credential; your key never reaches it. The
 tools' definitions are the ones an administrator approved.
 """
+DEMO_REST_GUIDE = """\
+Demo REST Tools is a plain REST API (notes and a small shop's inventory) that the gateway
+serves as MCP tools: **list_notes**, **create_note**, **get_item**, **reserve_item** and
+more, imported from the service's OpenAPI document. Each tool call becomes one HTTP
+request to the service, and its JSON answer the tool's result.
+
+1. Subscribe an app to this product and create a key for it.
+2. Paste one of the Quick start configurations into your MCP client, with your key in
+   place of `YOUR_API_KEY`.
+
+The gateway calls the service with its own API key; your key never reaches it.
+"""
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class DemoSeed:
     products: dict[str, str]
     models: list[str]
     mcp_upstream_key: str = ""
+    rest_upstream_key: str = ""
 
 
 def _private_file(path: Path) -> dict[str, str]:
@@ -86,11 +102,15 @@ def _write_private(path: Path, data: dict[str, str]) -> None:
 
 
 @transaction.atomic
-def seed_demo(*, mock_llm_url: str, demo_mcp_url: str | None = None) -> DemoSeed:
-    """Seed (or refresh) the demo; with ``demo_mcp_url``, the MCP product served there too.
+def seed_demo(
+    *, mock_llm_url: str, demo_mcp_url: str | None = None, demo_rest_url: str | None = None
+) -> DemoSeed:
+    """Seed (or refresh) the demo; with ``demo_mcp_url``, the MCP product served there
+    too, and with ``demo_rest_url`` the REST-to-MCP product of the REST service there.
 
-    The MCP server is not contacted here (it may not be running yet, and a transaction
-    must not wait on it): :func:`seed_demo_mcp_tools` discovers and approves its tools.
+    Neither is contacted here (they may not be running yet, and a transaction must not
+    wait on them): :func:`seed_demo_mcp_tools` discovers and approves the MCP server's
+    tools, and :func:`seed_demo_rest_tools` imports the REST service's OpenAPI document.
     """
     state_path = Path(settings.VAR_DIR) / "demo-secrets.json"
     state = _private_file(state_path)
@@ -155,6 +175,11 @@ def seed_demo(*, mock_llm_url: str, demo_mcp_url: str | None = None) -> DemoSeed
         tools = _seed_demo_mcp(url=demo_mcp_url, secret=state["mcp_upstream_key"], portal=portal)
         _subscribe(consumer, tools, Plan.objects.get(product=tools, name="Free"))
         products["mcp"] = tools.slug
+    if demo_rest_url is not None:
+        state.setdefault("rest_upstream_key", "demo-rest-" + secrets.token_urlsafe(24))
+        rest = _seed_demo_rest(url=demo_rest_url, secret=state["rest_upstream_key"], portal=portal)
+        _subscribe(consumer, rest, Plan.objects.get(product=rest, name="Free"))
+        products["rest_mcp"] = rest.slug
 
     key = state.get("demo_key", "")
     usable = Credential.objects.filter(
@@ -170,6 +195,7 @@ def seed_demo(*, mock_llm_url: str, demo_mcp_url: str | None = None) -> DemoSeed
         demo_key=key,
         upstream_key=state["upstream_key"],
         mcp_upstream_key=state.get("mcp_upstream_key", ""),
+        rest_upstream_key=state.get("rest_upstream_key", ""),
         products=products,
         # The demo model first: `make run` and CI call it to see that all is up.
         models=[
@@ -265,6 +291,31 @@ def _seed_demo_mcp(*, url: str, secret: str, portal: Portal) -> Product:
     return product
 
 
+def _seed_demo_rest(*, url: str, secret: str, portal: Portal) -> Product:
+    """The REST-to-MCP product: the service at ``url``, its key in the X-API-Key header."""
+    upstream = _demo_upstream(
+        name=DEMO_REST_UPSTREAM,
+        url=url,
+        vendor=Upstream.Vendor.REST,
+        secret=secret,
+        options={"auth": "header", "header": "X-API-Key"},
+        timeout_seconds=30,
+    )
+    product = _demo_product(
+        slug=DEMO_REST_SLUG,
+        name="Demo REST Tools",
+        kind=Product.Kind.MCP,
+        description="A notes and inventory REST API, served as MCP tools by the gateway.",
+        category=("Tools", "tools"),
+        tags=["demo", "mcp", "rest"],
+        guide=DEMO_REST_GUIDE,
+    )
+    if not McpServer.objects.filter(product=product).exists():
+        catalog_services.mcp_server_create(product=product, upstream=upstream)
+    catalog_services.product_publish(product=product, portals=[portal])
+    return product
+
+
 def _demo_upstream(*, name: str, url: str, **create: Any) -> Upstream:
     """The demo upstream ``name``, made when missing, and pointed at ``url`` (the port
     may differ from the last run)."""
@@ -325,4 +376,29 @@ def seed_demo_mcp_tools() -> McpServer:
         raise RuntimeError(f"The demo MCP server could not be discovered: {server.last_error}")
     if server.approved_at is None:
         server = catalog_services.mcp_server_approve(server=server)
+    return server
+
+
+def seed_demo_rest_tools(*, openapi_url: str) -> McpServer:
+    """Import the demo REST service's OpenAPI document (the service must be running)
+    the first time, so ``make run`` serves its tools at once; later runs keep an
+    admin's imports and edits (a new import could hold or remove them).
+
+    Raises ``RuntimeError`` with the reason when the document cannot be imported.
+    """
+    server = McpServer.objects.select_related("upstream", "product").get(
+        product__slug=DEMO_REST_SLUG
+    )
+    if server.tools.exists():
+        return server
+    try:
+        document = catalog_services.openapi_fetch(url=openapi_url)
+        catalog_services.rest_server_import_openapi(
+            server=server, document=document, source_url=openapi_url
+        )
+    except ValidationError as exc:
+        raise RuntimeError(
+            f"The demo REST service could not be imported: {exc.messages[0]}"
+        ) from None
+    server.refresh_from_db()
     return server

@@ -36,6 +36,7 @@ urlpatterns = [
     # The try-it playground (portal/views.py, portal/playground.py)
     path("playground/", views.playground, name="playground"),
     path("playground/chat/", views.playground_chat, name="playground_chat"),
+    path("playground/mcp/", views.playground_mcp, name="playground_mcp"),
     # Usage dashboards (portal/usage_views.py)
     path("usage/", usage_views.usage, name="usage"),
     path("usage.csv", usage_views.usage_csv, name="usage_csv"),

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.middleware import HtmxDetails
 
 from consumers.selectors import consumer_get_for_user
+from oauth import selectors as oauth_selectors
 from portal import playground as playground_module
 from portal import selectors, services
 from portal.forms import TokenForm
@@ -79,6 +84,136 @@ def _event_bytes(name: str, text: str) -> bytes:
     return f"event: {name}\ndata: {json.dumps({'message': text})}\n\n".encode()
 
 
+class PlaygroundRequest(HttpRequest):
+    """A request after HtmxMiddleware."""
+
+    htmx: HtmxDetails
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+async def playground_mcp(request: PlaygroundRequest) -> HttpResponse:
+    """List and call the tools of a subscribed MCP server through the gateway.
+
+    GET shows the page: ``target`` (``<app id>:<product slug>``) chooses the app and the
+    server, or ``product`` alone preselects a server (the product page's link); ``tool``
+    opens that tool's form. POST sends ``tools/call`` with the form's arguments, or
+    ``tools/list`` (``method``) to show what the gateway lists to the app's key, and
+    shows the reply: in the page, or as the result fragment for htmx.
+    """
+    if request.method == "GET":
+        return await sync_to_async(_mcp_page)(request)
+    prepared = await sync_to_async(_mcp_prepare)(request)
+    if isinstance(prepared, HttpResponse):
+        return prepared
+    # No database connection is held while the tool runs (it may take a while).
+    reply = await playground_module.mcp_request(
+        key=prepared.key, slug=prepared.slug, method=prepared.method, params=prepared.params
+    )
+    return await sync_to_async(_mcp_render)(request, {**prepared.context, "reply": reply})
+
+
+def _mcp_context(request: PlaygroundRequest, data: QueryDict) -> dict[str, Any]:
+    """The page's context for the choices in ``data`` (the query or the posted form)."""
+    user = request.user
+    targets = playground_module.mcp_targets_for(user=user)  # type: ignore[arg-type]
+    value, slug = data.get("target", ""), data.get("product", "")
+    selected: playground_module.McpTarget | None = None
+    unsubscribed = ""
+    if value:
+        # Someone else's app is a 404 here (the access helper of apps decides).
+        selected = playground_module.mcp_target_get(user=user, value=value)
+        if selected is None:
+            unsubscribed = "That app has no approved subscription to that MCP server."
+    elif slug:
+        selected = next((t for t in targets if t.product.slug == slug), None)
+        if selected is None:
+            unsubscribed = "None of your apps is subscribed to this MCP server yet."
+    elif targets:
+        selected = targets[0]
+    if selected is not None and selected not in targets:
+        targets.insert(0, selected)  # an admin trying someone else's app
+    tools = playground_module.mcp_tools_for(target=selected) if selected else []
+    wanted = data.get("tool", "")
+    tool = next((t for t in tools if t.name == wanted), None)
+    return {
+        "targets": targets,
+        "selected": selected,
+        "unsubscribed": unsubscribed,
+        # Linked to only when it is a slug (the URL pattern would refuse anything else).
+        "product_slug": slug if playground_module.SLUG.fullmatch(slug) else "",
+        "tools": tools,
+        "tool": tool,
+        "unknown_tool": wanted if wanted and tool is None else "",
+        "form": playground_module.ToolForm(schema=tool.schema) if tool else None,
+    }
+
+
+def _mcp_page(request: PlaygroundRequest) -> HttpResponse:
+    context = _mcp_context(request, request.GET)
+    # A history restore needs the whole page, not the fragment.
+    if request.htmx and not request.htmx.history_restore_request:
+        response = render(request, "portal/playground_mcp.html#workspace", context)
+    else:
+        response = render(request, "portal/playground_mcp.html", context)
+    # The same URL answers with a fragment or a page: caches must keep both apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@dataclass(frozen=True)
+class _McpCall:
+    """A checked request of the playground, ready to send."""
+
+    context: dict[str, Any]
+    key: str
+    slug: str
+    method: str
+    params: dict[str, Any]
+
+
+def _mcp_prepare(request: PlaygroundRequest) -> _McpCall | HttpResponse:
+    context = _mcp_context(request, request.POST)
+    selected = context["selected"]
+    if selected is None or context["unsubscribed"]:
+        return _mcp_refuse(
+            request, context, "Choose one of your apps and an MCP server it is subscribed to."
+        )
+    method = request.POST.get("method", "tools/call")
+    if method == "tools/list":
+        params: dict[str, Any] = {}
+    elif method == "tools/call":
+        tool = context["tool"]
+        if tool is None:
+            return _mcp_refuse(request, context, "Choose one of the tools listed for this app.")
+        form = playground_module.ToolForm(request.POST, schema=tool.schema)
+        context["form"] = form
+        if not form.is_valid():
+            return _mcp_refuse(request, context, "Some arguments are not valid; see below.")
+        params = {"name": tool.name, "arguments": form.arguments()}
+    else:
+        return _mcp_refuse(request, context, "The playground sends tools/call or tools/list.")
+    key = playground_module.playground_key(consumer=selected.consumer)
+    return _McpCall(context, key, selected.product.slug, method, params)
+
+
+def _mcp_refuse(request: PlaygroundRequest, context: dict[str, Any], text: str) -> HttpResponse:
+    return _mcp_render(request, {**context, "refusal": text}, status=400)
+
+
+def _mcp_render(
+    request: PlaygroundRequest, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    """A POST's answer: the result fragment for htmx, else the page with the result."""
+    template = "portal/playground_mcp.html"
+    response = render(
+        request, f"{template}#result" if request.htmx else template, context, status=status
+    )
+    response["Cache-Control"] = "no-store"
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def tokens(request: HttpRequest) -> HttpResponse:
@@ -102,7 +237,8 @@ def tokens(request: HttpRequest) -> HttpResponse:
             response["Cache-Control"] = "no-store"  # the token is in this page only
             return response
     rows = selectors.access_token_list_for_user(user=user)  # type: ignore[arg-type]
-    return render(request, "portal/tokens.html", {"tokens": rows, "form": form})
+    grants = oauth_selectors.grant_list_for_user(user=user)  # type: ignore[arg-type]
+    return render(request, "portal/tokens.html", {"tokens": rows, "form": form, "grants": grants})
 
 
 @login_required

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 import redis
+from django.conf import settings as django_settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import connection
 
 from catalog import services as catalog_services
 from catalog.models import Plan, Product, Upstream
+from config.env import env_list
 from consumers import services as consumer_services
 from consumers.models import Consumer, Subscription
 from devstack.procs import Stack, free_port, wait_until
 from portal.models import Portal
+
+# The servers tests start listen on loopback, which the egress policy (gateway/egress.py)
+# refuses unless allowed. Settings are loaded before this file, so they are told too;
+# processes the tests start inherit the environment.
+os.environ.setdefault("PORTICO_EGRESS_ALLOW", "127.0.0.0/8,::1")
+django_settings.PORTICO_EGRESS_ALLOW = env_list("PORTICO_EGRESS_ALLOW", [])
 
 
 @dataclass

@@ -37,6 +37,22 @@ class ServedTool:
     tool: McpTool
     _validator: Any = None
     _checked: bool = False
+    _headers: dict[str, str] | None = None
+
+    def header_arguments(self) -> dict[str, str]:
+        """Arguments the pinned input schema marks ``x-mcp-header``, with the header
+        name each travels in (``Mcp-Param-<name>``, 2026-07-28)."""
+        if self._headers is None:
+            schema = self.definition.get("inputSchema")
+            properties = schema.get("properties") if isinstance(schema, dict) else None
+            self._headers = {
+                name: spec["x-mcp-header"]
+                for name, spec in (properties or {}).items()
+                if isinstance(spec, dict)
+                and isinstance(spec.get("x-mcp-header"), str)
+                and spec["x-mcp-header"].isascii()
+            }
+        return self._headers
 
     def problems(self, arguments: dict[str, Any]) -> str | None:
         """Why ``arguments`` do not fit the pinned input schema (``None``: they do)."""
@@ -83,6 +99,8 @@ class ServedProduct:
 @dataclass(slots=True)
 class McpIndex:
     products: dict[str, ServedProduct] = field(default_factory=dict)
+    # OAuth grants whose access tokens the portal revoked (``Revision.oauth``).
+    revoked_grants: frozenset[int] = frozenset()
 
 
 def served_name(product: ServedProduct, tool: str, aggregate: bool) -> str:
@@ -92,6 +110,8 @@ def served_name(product: ServedProduct, tool: str, aggregate: bool) -> str:
 def index_mcp(doc: Revision, keys: GatewayKeys) -> McpIndex:
     """The MCP products of ``doc``; raises :class:`McpIndexError` when inconsistent."""
     index = McpIndex()
+    if doc.oauth is not None:
+        index.revoked_grants = frozenset(doc.oauth.revoked_grants)
     for slug, product in doc.products.items():
         server = product.mcp
         if product.kind != "mcp" or server is None:

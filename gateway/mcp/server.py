@@ -20,21 +20,36 @@ the plan's rate (429, with ``retry-after``).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-from collections.abc import Callable
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from gateway import __version__
+from gateway import __version__, access_tokens
+from gateway.access_tokens import looks_like_token
 from gateway.limits import Decision
 from gateway.mcp.index import SEPARATOR, McpIndex, ServedProduct, ServedTool, served_name
+from gateway.mcp.rest import RestArgumentError
 from gateway.mcp.search import Bm25, Ranker, tool_text
 from gateway.mcp.sessions import SESSION_VERSIONS, SessionError, Sessions
-from gateway.mcp.upstream import MODERN_VERSION, NAMED, McpUpstreams, UpstreamError
+from gateway.mcp.streams import SseHub, StreamGone
+from gateway.mcp.upstream import (
+    MODERN_VERSION,
+    NAMED,
+    McpUpstreams,
+    Notify,
+    UpstreamError,
+    header_value,
+)
 from gateway.responses import ApiError
 from gateway.schema import Consumer, Subscription
 from gateway.types import Headers, Receive, Scope, Send
@@ -59,6 +74,29 @@ _MODERN_STATUS = {
     UNSUPPORTED_VERSION: 400,
     METHOD_NOT_FOUND: 404,
 }
+log = logging.getLogger("gateway.mcp")
+
+OAUTH_SCOPE = "mcp"
+# Sessions opened with an OAuth token are bound to its grant, kept apart from key ids.
+_GRANT_PRINCIPAL = 1 << 62
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+KEEPALIVE_SECONDS = 15.0
+_SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+# What of a client's ``_meta`` concerns the request itself and goes on upstream.
+_FORWARDED_META = (
+    "progressToken",
+    "io.modelcontextprotocol/logLevel",
+    "io.modelcontextprotocol/clientCapabilities",
+)
+_ASK_PREFIX = "portico-ask-"
+_MAX_INPUT_ROUNDS = 8
+_LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+# Fields of 2026-07-28 results that clients of the session era do not know.
+_MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
 SERVER_INFO = {"name": "portico", "title": "Portico MCP gateway", "version": __version__}
 FIND_TOOLS = "find_tools"
 FIND_TOOLS_LIMIT = 10
@@ -133,6 +171,8 @@ class Host(Protocol):
 
     def authenticate(self, call: Any, key: bytes | None) -> tuple[Any, Consumer]: ...
 
+    def current(self) -> Any: ...
+
     async def read_body(self, receive: Receive, declared: bytes | None) -> bytes: ...
 
     async def acquire(
@@ -151,15 +191,29 @@ class _Request:
     params: dict[str, Any]
     modern: bool
     version: str
+    headers: dict[bytes, bytes]
+    principal: int
+    session: str | None = None  # the session-era session (or legacy SSE stream)
 
 
 class McpService:
     def __init__(
-        self, host: Host, sessions: Sessions, upstreams: McpUpstreams, ranker: Ranker | None = None
+        self,
+        host: Host,
+        sessions: Sessions,
+        upstreams: McpUpstreams,
+        *,
+        token_key: bytes,
+        hub: SseHub | None = None,
+        allowed_origins: frozenset[str] = frozenset(),
+        ranker: Ranker | None = None,
     ) -> None:
         self.host = host
         self.sessions = sessions
         self.upstreams = upstreams
+        self.token_key = token_key
+        self.hub = hub or SseHub(None)
+        self.allowed_origins = allowed_origins
         self.ranker = ranker or Bm25()
 
     async def serve(
@@ -174,48 +228,94 @@ class McpService:
         method = scope["method"]
         request_id: Any = None
         modern = _is_modern(headers.get(b"mcp-protocol-version"))
+        accept = headers.get(b"accept", b"")
+        relay: _Relay | None = None
         try:
+            self._check_origin(headers.get(b"origin"))
+            stream_id = _query(scope, "sse_session")
             if method == "POST":
                 body = await self.host.read_body(receive, headers.get(b"content-length"))
                 message = _parse(body)
                 request_id = message.get("id")
-                await self._post(call, scope, send, slug, headers, message, modern)
+                if stream_id is not None:
+                    await self._post_to_stream(call, scope, send, slug, headers, message, stream_id)
+                    return
+                relay = _Relay(send, call.request_id)
+                status, reply, extra = await self._post(
+                    call,
+                    scope,
+                    slug,
+                    headers,
+                    message,
+                    modern,
+                    relay.notify if b"text/event-stream" in accept else None,
+                )
+                call.status = status
+                await relay.finish(status, reply, extra)
+            elif (
+                method == "GET"
+                and not modern
+                and b"mcp-session-id" not in headers
+                and b"text/event-stream" in accept
+            ):
+                await self._stream(call, scope, receive, send, slug, headers)
             elif method == "DELETE" and not modern:
                 await self._delete(call, scope, send, slug, headers)
             else:
-                allow = b"POST" if modern else b"POST, DELETE"
+                allow = b"POST" if modern else b"GET, POST, DELETE"
                 call.status = 405
                 await _send(send, 405, None, call.request_id, [(b"allow", allow)])
         except RpcError as err:
-            status = err.status or (_MODERN_STATUS.get(err.code, 200) if modern else 200)
-            if err.code in (PARSE_ERROR, INVALID_REQUEST) and err.status is None:
-                status = 400
+            status, reply = _error_reply(err, request_id, modern)
             call.status = status
-            error: dict[str, Any] = {"code": err.code, "message": err.message}
-            if err.data is not None:
-                error["data"] = err.data
-            reply = {"jsonrpc": "2.0", "id": request_id, "error": error}
-            await _send(send, status, reply, call.request_id, err.headers)
+            if relay is not None and relay.started:
+                await relay.finish(status, reply, [])
+            else:
+                await _send(send, status, reply, call.request_id, err.headers)
+
+    def _check_origin(self, origin: bytes | None) -> None:
+        """Browsers name the page's origin; a page from elsewhere may not call (the
+        specification's defence against DNS rebinding). Clients that are not browsers
+        send no ``Origin``."""
+        if origin is None or origin.decode("latin-1") in self.allowed_origins:
+            return
+        text = origin.decode("latin-1")
+        host = urlsplit(text).hostname or ""
+        if host in _LOOPBACK_HOSTS or "*" in self.allowed_origins:
+            return
+        current = self.host.current()
+        oauth = current.doc.oauth if current is not None else None
+        if oauth is not None and text in (_origin(oauth.issuer), _origin(oauth.resource_base)):
+            return
+        raise RpcError(
+            INVALID_REQUEST,
+            f"Origin {text!r} may not call this MCP endpoint.",
+            status=403,
+        )
 
     async def _post(
         self,
         call: Call,
         scope: Scope,
-        send: Send,
         slug: str | None,
         headers: dict[bytes, bytes],
         message: dict[str, Any],
         modern: bool,
-    ) -> None:
+        notify: Notify | None = None,
+        stream_version: str | None = None,
+        stream_id: str | None = None,
+    ) -> tuple[int, dict[str, Any] | None, Headers]:
+        """The status, JSON-RPC reply (``None``: none) and headers for one message.
+        ``stream_version`` and ``stream_id`` are set for a message of a legacy SSE
+        stream."""
         name = message.get("method")
         if not isinstance(name, str):
             if "result" in message or "error" in message:  # a reply to a server request
-                call.status = 202
-                await _send(send, 202, None, call.request_id)
-                return
+                await self._answered(call, scope, headers, slug, message)
+                return 202, None, []
             raise RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a string.")
         call.route = f"mcp.{name}"[:64]
-        revision, subscriptions = self._authorize(call, scope, headers, slug)
+        revision, subscriptions, principal = self._authorize(call, scope, headers, slug)
         params = message.get("params", {})
         if params is None:
             params = {}
@@ -225,25 +325,35 @@ class McpService:
         if not notification and not _valid_id(message["id"]):
             raise RpcError(INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer.")
         endpoint = slug or "*"
-        session_header: dict[bytes, bytes] = {}
+        extra: Headers = []
         if modern:
             version = _check_modern(headers, name, params)
         elif name == "initialize":
             version = _negotiate(params)
         elif notification:
             version = SESSION_VERSIONS[-1]
+        elif stream_version is not None:
+            version = stream_version
         else:
-            version = await self._session(call, headers, endpoint)
+            version = await self._session(headers, endpoint, principal)
         if notification:
-            call.status = 202
-            await _send(send, 202, None, call.request_id)
-            return
-        request = _Request(message["id"], name, params, modern, version)
+            return 202, None, []
+        session = stream_id or _text(headers.get(b"mcp-session-id"))
+        request = _Request(
+            message["id"], name, params, modern, version, headers, principal, session
+        )
         products = _visible(revision.mcp, subscriptions, slug)
-        result = await self._dispatch(call, request, products, subscriptions, slug, scope)
+        result = await self._dispatch(call, request, products, subscriptions, slug, scope, notify)
         if name == "initialize":
-            session_id = self.sessions.open(call.credential or 0, endpoint, version)
-            session_header = {b"mcp-session-id": session_id.encode()}
+            if stream_id is None:
+                stream_id = self.sessions.open(principal, endpoint, version)
+                extra.append((b"mcp-session-id", stream_id.encode()))
+            capabilities = params.get("capabilities")
+            if isinstance(capabilities, dict) and capabilities:
+                # Servers of the stateless era hear them with every call (_forward).
+                await self.sessions.note(
+                    stream_id, "capabilities", orjson.dumps(capabilities).decode()
+                )
         if modern:
             result.setdefault("resultType", "complete")
             meta = result.get("_meta")
@@ -254,9 +364,102 @@ class McpService:
             if name in _CACHEABLE:
                 result.setdefault("ttlMs", 0)
                 result.setdefault("cacheScope", "private")
+        else:
+            _to_session_era(result)
+        return 200, {"jsonrpc": "2.0", "id": request.id, "result": result}, extra
+
+    async def _post_to_stream(
+        self,
+        call: Call,
+        scope: Scope,
+        send: Send,
+        slug: str | None,
+        headers: dict[bytes, bytes],
+        message: dict[str, Any],
+        stream_id: str,
+    ) -> None:
+        """A message for a legacy SSE stream: accepted at once (202), then answered on
+        the stream. Accepting first matters: clients of this transport send their
+        POSTs one at a time, so a call waiting for the client's answer to a request of
+        the gateway's (``_ask_client``) would otherwise wait for ever."""
+        _, _, principal = self._authorize(call, scope, headers, slug)
+        try:
+            version = await self.sessions.check(stream_id, principal, slug or "*")
+        except SessionError:
+            raise RpcError(INVALID_REQUEST, "Session not found.", status=404) from None
+        await _send(send, 202, None, call.request_id)
+        reply: dict[str, Any] | None
+
+        async def notify(notification: dict[str, Any]) -> None:
+            with contextlib.suppress(StreamGone):
+                await self.hub.deliver(stream_id, orjson.dumps(notification))
+
+        try:
+            call.status, reply, _ = await self._post(
+                call,
+                scope,
+                slug,
+                headers,
+                message,
+                False,
+                notify,
+                stream_version=version,
+                stream_id=stream_id,
+            )
+        except RpcError as err:
+            call.status, reply = _error_reply(err, message.get("id"), modern=False)
+        if reply is not None:
+            try:
+                await self.hub.deliver(stream_id, orjson.dumps(reply))
+            except StreamGone:
+                call.status = 499  # the client left before its answer
+
+    async def _stream(
+        self,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        slug: str | None,
+        headers: dict[bytes, bytes],
+    ) -> None:
+        """A legacy (2024-11-05) SSE stream: where to POST, then every reply."""
+        call.route = "mcp.sse"
+        _, _, principal = self._authorize(call, scope, headers, slug)
+        stream_id = self.sessions.open(principal, slug or "*", SESSION_VERSIONS[0])
+        queue = await self.hub.open(stream_id)
+        gone = asyncio.create_task(_disconnected(receive))
         call.status = 200
-        body = {"jsonrpc": "2.0", "id": request.id, "result": result}
-        await _send(send, 200, body, call.request_id, list(session_header.items()))
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*_SSE_HEADERS, (b"x-request-id", call.request_id.encode())],
+                }
+            )
+            endpoint = f"/mcp{'/' + slug if slug else ''}?sse_session={stream_id}"
+            await _event(send, b"event: endpoint\r\ndata: " + endpoint.encode() + b"\r\n\r\n")
+            while not gone.done():
+                waiting = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {waiting, gone}, timeout=KEEPALIVE_SECONDS, return_when="FIRST_COMPLETED"
+                )
+                if waiting not in done:
+                    waiting.cancel()
+                    if not gone.done():
+                        await _event(send, b": keepalive\r\n\r\n")
+                    continue
+                item = waiting.result()
+                if item is None:
+                    break
+                await _event(send, b"event: message\r\ndata: " + item + b"\r\n\r\n")
+            if not gone.done():
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            gone.cancel()
+            await self.hub.close(stream_id)
+            await self.sessions.end(stream_id)
 
     def _authorize(
         self,
@@ -264,8 +467,10 @@ class McpService:
         scope: Scope,
         headers: dict[bytes, bytes],
         slug: str | None,
-    ) -> tuple[Any, dict[str, Subscription]]:
-        revision, consumer = self._authenticate(call, scope, headers, slug)
+    ) -> tuple[Any, dict[str, Subscription], int]:
+        """The revision, the caller's subscriptions and the principal sessions are bound
+        to (the key, or the OAuth grant)."""
+        revision, consumer, principal = self._authenticate(call, scope, headers, slug)
         products = revision.mcp.products
         if slug is not None:
             product = products.get(slug)
@@ -281,27 +486,73 @@ class McpService:
                     "Subscribe to it in the developer portal.",
                     status=403,
                 )
-        return revision, consumer.subscriptions
+        return revision, consumer.subscriptions, principal
 
     def _authenticate(
         self, call: Call, scope: Scope, headers: dict[bytes, bytes], slug: str | None
-    ) -> tuple[Any, Consumer]:
-        """The revision and the consumer of the request's key (bearer or ``x-api-key``)."""
+    ) -> tuple[Any, Consumer, int]:
+        """The revision, the consumer of the request's key (bearer or ``x-api-key``) or
+        OAuth access token, and the principal."""
         authorization = headers.get(b"authorization", b"")
         key = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else None
         try:
-            return self.host.authenticate(call, key or headers.get(b"x-api-key"))
+            if key and looks_like_token(key):
+                return self._token_holder(call, key, slug)
+            revision, consumer = self.host.authenticate(call, key or headers.get(b"x-api-key"))
+            return revision, consumer, call.credential or 0
         except ApiError as err:
             if err.status == 401:
                 raise RpcError(
                     UNAUTHORIZED,
                     err.message,
                     status=401,
-                    headers=[(b"www-authenticate", _challenge(scope, slug))],
+                    headers=[(b"www-authenticate", self._challenge(slug))],
                 ) from None
             raise RpcError(INTERNAL_ERROR, err.message, status=err.status) from None
 
-    async def _session(self, call: Call, headers: dict[bytes, bytes], endpoint: str) -> str:
+    def _token_holder(
+        self, call: Call, token: bytes, slug: str | None
+    ) -> tuple[Any, Consumer, int]:
+        """The revision, consumer and principal of an OAuth access token minted by the
+        portal for this endpoint (``gateway.access_tokens``)."""
+        revision = self.host.current()
+        if revision is None:
+            raise ApiError(503, "The gateway has no configuration yet; try again shortly.")
+        oauth = revision.doc.oauth
+        refused = ApiError(
+            401, "Invalid access token: it is unknown, expired, revoked or for another endpoint."
+        )
+        if oauth is None:
+            raise refused
+        try:
+            granted = access_tokens.verify(
+                self.token_key,
+                token.decode("ascii"),
+                audience=_resource(oauth.resource_base, slug),
+                now=time.time(),
+            )
+        except (access_tokens.TokenError, UnicodeDecodeError) as exc:
+            log.info("refused an MCP access token: %s", exc)
+            raise refused from None
+        consumer = revision.doc.consumers.get(str(granted.consumer))
+        if consumer is None or granted.grant in revision.mcp.revoked_grants:
+            raise refused
+        call.consumer = consumer.id
+        return revision, consumer, _GRANT_PRINCIPAL | granted.grant
+
+    def _challenge(self, slug: str | None) -> bytes:
+        """``WWW-Authenticate`` for a 401: where the protected resource's metadata lives
+        (RFC 9728), when the portal issues tokens for the MCP endpoints."""
+        current = self.host.current()
+        oauth = current.doc.oauth if current is not None else None
+        if oauth is None:
+            return b'Bearer error="invalid_token"'
+        return (
+            f'Bearer error="invalid_token", scope="{OAUTH_SCOPE}", '
+            f'resource_metadata="{metadata_url(oauth.resource_base, slug)}"'
+        ).encode()
+
+    async def _session(self, headers: dict[bytes, bytes], endpoint: str, principal: int) -> str:
         session_id = headers.get(b"mcp-session-id")
         if session_id is None:
             raise RpcError(
@@ -310,9 +561,7 @@ class McpService:
                 status=400,
             )
         try:
-            version = await self.sessions.check(
-                session_id.decode("latin-1"), call.credential or 0, endpoint
-            )
+            version = await self.sessions.check(session_id.decode("latin-1"), principal, endpoint)
         except SessionError:
             raise RpcError(INVALID_REQUEST, "Session not found.", status=404) from None
         asked = headers.get(b"mcp-protocol-version")
@@ -328,9 +577,8 @@ class McpService:
     async def _delete(
         self, call: Call, scope: Scope, send: Send, slug: str | None, headers: dict[bytes, bytes]
     ) -> None:
-        self._authenticate(call, scope, headers, slug)
-        endpoint = slug or "*"
-        await self._session(call, headers, endpoint)
+        _, _, principal = self._authenticate(call, scope, headers, slug)
+        await self._session(headers, slug or "*", principal)
         await self.sessions.end(headers[b"mcp-session-id"].decode("latin-1"))
         call.status = 200
         await _send(send, 200, None, call.request_id)
@@ -343,6 +591,7 @@ class McpService:
         subscriptions: dict[str, Subscription],
         slug: str | None,
         scope: Scope,
+        notify: Notify | None,
     ) -> dict[str, Any]:
         method, params = request.method, request.params
         aggregate = slug is None
@@ -359,8 +608,18 @@ class McpService:
                 "capabilities": _capabilities(products),
                 "instructions": _instructions(products, aggregate),
             }
-        if method in ("ping", "logging/setLevel") and not request.modern:
+        if method == "ping" and not request.modern:
             return {}
+        if method == "logging/setLevel" and not request.modern:
+            level = params.get("level")
+            if level not in _LOG_LEVELS:
+                raise RpcError(INVALID_PARAMS, f"'level' must be one of {', '.join(_LOG_LEVELS)}.")
+            if request.session is not None:
+                # Remembered for the session: stateless upstreams hear it on each call.
+                await self.sessions.note(request.session, "logLevel", level)
+            return {}
+        if method == "completion/complete":
+            return await self._complete(call, request, products, subscriptions, aggregate)
         if method == "tools/list":
             listed = _listed_tools(products, subscriptions, aggregate)
             if aggregate:
@@ -392,7 +651,7 @@ class McpService:
                 ]
             }
         if method == "tools/call":
-            return await self._call_tool(call, request, products, subscriptions, aggregate)
+            return await self._call_tool(call, request, products, subscriptions, aggregate, notify)
         if method == "prompts/get":
             prompt_name = params.get("name")
             if not isinstance(prompt_name, str):
@@ -400,7 +659,7 @@ class McpService:
             product, upstream_name = _find_prompt(products, prompt_name, aggregate)
             call.model = prompt_name[:200]
             return await self._forward(
-                call, product, subscriptions, method, {**_plain(params), "name": upstream_name}
+                call, request, product, subscriptions, {**params, "name": upstream_name}, notify
             )
         if method == "resources/read":
             uri = params.get("uri")
@@ -408,7 +667,7 @@ class McpService:
                 raise RpcError(INVALID_PARAMS, "resources/read needs 'uri' (a string).")
             product = _find_resource(products, uri)
             call.model = uri[:200]
-            return await self._forward(call, product, subscriptions, method, _plain(params))
+            return await self._forward(call, request, product, subscriptions, params, notify)
         raise RpcError(METHOD_NOT_FOUND, "Method not found", data=method)
 
     async def _call_tool(
@@ -418,6 +677,7 @@ class McpService:
         products: list[ServedProduct],
         subscriptions: dict[str, Subscription],
         aggregate: bool,
+        notify: Notify | None,
     ) -> dict[str, Any]:
         params = request.params
         name = params.get("name")
@@ -438,25 +698,79 @@ class McpService:
         problem = tool.problems(arguments)
         if problem is not None:
             raise RpcError(INVALID_PARAMS, f"Invalid arguments for tool {name!r}: {problem}")
-        forwarded = {**_plain(params), "name": tool.name, "arguments": arguments}
-        return await self._forward(call, product, subscriptions, "tools/call", forwarded)
+        if tool.tool.rest is None:
+            forwarded = {**params, "name": tool.name, "arguments": arguments}
+            headers = _param_headers(request, tool, arguments)
+            return await self._forward(
+                call, request, product, subscriptions, forwarded, notify, headers
+            )
+        async with self._limited(call, product, subscriptions):
+            try:
+                return await self.upstreams.call_rest(product, tool, arguments)
+            except RestArgumentError as exc:
+                raise RpcError(
+                    INVALID_PARAMS, f"Invalid arguments for tool {name!r}: {exc}"
+                ) from None
 
-    async def _forward(
-        self,
-        call: Call,
-        product: ServedProduct,
-        subscriptions: dict[str, Subscription],
-        method: str,
-        params: dict[str, Any],
-    ) -> dict[str, Any]:
+    @contextlib.asynccontextmanager
+    async def _limited(
+        self, call: Call, product: ServedProduct, subscriptions: dict[str, Subscription]
+    ) -> AsyncIterator[None]:
+        """One upstream call under the plan's limits, failures as JSON-RPC errors."""
         call.product = product.id
         decision = await self._acquire(subscriptions[product.slug])
         try:
-            answer = await self.upstreams.request(product, method, params)
+            yield
         except UpstreamError as exc:
             raise RpcError(INTERNAL_ERROR, exc.message) from None
         finally:
             await self.host.settle(decision, 0)
+
+    async def _forward(
+        self,
+        call: Call,
+        request: _Request,
+        product: ServedProduct,
+        subscriptions: dict[str, Subscription],
+        params: dict[str, Any],
+        notify: Notify | None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """``request`` sent on to the product's server with ``params``; its result."""
+        forwarded = {key: value for key, value in params.items() if key != "_meta"}
+        meta = request.params.get("_meta")
+        kept = (
+            {key: meta[key] for key in _FORWARDED_META if key in meta}
+            if isinstance(meta, dict)
+            else {}
+        )
+        if request.session is not None:
+            await self._session_meta(request.session, kept)
+        if kept:
+            forwarded["_meta"] = kept
+        async with self._limited(call, product, subscriptions):
+            answer = await self.upstreams.request(
+                product, request.method, forwarded, notify, headers
+            )
+            rounds = 0
+            # A stateless server asks for input in its result; a session-era client is
+            # asked on its stream, and the call repeated with the answers.
+            while not request.modern and notify is not None and _input_required(answer):
+                rounds += 1
+                if rounds > _MAX_INPUT_ROUNDS:
+                    break
+                asked = answer["result"]
+                forwarded = {
+                    **forwarded,
+                    "inputResponses": await self._ask_client(
+                        request, asked, notify, product.upstream.timeout_seconds
+                    ),
+                }
+                if "requestState" in asked:
+                    forwarded["requestState"] = asked["requestState"]
+                answer = await self.upstreams.request(
+                    product, request.method, forwarded, notify, headers
+                )
         error = answer.get("error")
         if isinstance(error, dict):
             code = error.get("code")
@@ -471,6 +785,107 @@ class McpService:
         # The upstream's own envelope is not the gateway's.
         result.pop("_meta", None)
         return result
+
+    async def _session_meta(self, session: str, meta: dict[str, Any]) -> None:
+        """What a session-era client said once (its log level, its capabilities), for
+        the ``_meta`` of each call it makes."""
+        if "io.modelcontextprotocol/logLevel" not in meta:
+            level = await self.sessions.recall(session, "logLevel")
+            if level is not None:
+                meta["io.modelcontextprotocol/logLevel"] = level
+        if "io.modelcontextprotocol/clientCapabilities" not in meta:
+            capabilities = await self.sessions.recall(session, "capabilities")
+            if capabilities is not None:
+                meta["io.modelcontextprotocol/clientCapabilities"] = orjson.loads(capabilities)
+
+    async def _ask_client(
+        self, request: _Request, asked: dict[str, Any], notify: Notify, wait: float
+    ) -> dict[str, Any]:
+        """The answers of a session-era client to a server's input requests (each sent
+        as a request on the client's stream; the answer comes back in a POST, to any
+        gateway process: ``_answered``)."""
+        wanted = asked.get("inputRequests")
+        if not isinstance(wanted, dict) or not wanted:
+            raise RpcError(INTERNAL_ERROR, "The MCP server asked for input without saying what.")
+        answers: dict[str, Any] = {}
+        for key, ask in wanted.items():
+            if not isinstance(ask, dict) or not isinstance(ask.get("method"), str):
+                raise RpcError(INTERNAL_ERROR, "The MCP server sent a malformed input request.")
+            ask_id = _ASK_PREFIX + secrets.token_urlsafe(12)
+            channel = _ask_channel(request.principal, ask_id)
+            queue = await self.hub.open(channel)
+            try:
+                await notify(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": ask_id,
+                        "method": ask["method"],
+                        "params": ask.get("params") or {},
+                    }
+                )
+                try:
+                    raw = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    raise RpcError(
+                        INTERNAL_ERROR, f"The client did not answer {ask['method']} in time."
+                    ) from None
+            finally:
+                await self.hub.close(channel)
+            reply = orjson.loads(raw) if raw else {}
+            if not isinstance(reply, dict) or "result" not in reply:
+                raise RpcError(INTERNAL_ERROR, f"The client declined {ask['method']}.")
+            answers[key] = reply["result"]
+        return answers
+
+    async def _answered(
+        self,
+        call: Call,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        slug: str | None,
+        message: dict[str, Any],
+    ) -> None:
+        """A client's answer to a request the gateway sent it (``_ask_client``): to the
+        call waiting for it, wherever that is, if the same caller sent both."""
+        _, _, principal = self._authorize(call, scope, headers, slug)
+        ask_id = message.get("id")
+        if isinstance(ask_id, str) and ask_id.startswith(_ASK_PREFIX):
+            with contextlib.suppress(StreamGone):
+                await self.hub.deliver(_ask_channel(principal, ask_id), orjson.dumps(message))
+
+    async def _complete(
+        self,
+        call: Call,
+        request: _Request,
+        products: list[ServedProduct],
+        subscriptions: dict[str, Subscription],
+        aggregate: bool,
+    ) -> dict[str, Any]:
+        """``completion/complete`` for a prompt's or resource template's argument, by the
+        server that has it; servers that complete nothing get an empty list."""
+        ref = request.params.get("ref")
+        if not isinstance(ref, dict) or ref.get("type") not in ("ref/prompt", "ref/resource"):
+            raise RpcError(
+                INVALID_PARAMS, "completion/complete needs 'ref' (a prompt or resource)."
+            )
+        params = dict(request.params)
+        if ref["type"] == "ref/prompt":
+            name = ref.get("name")
+            if not isinstance(name, str):
+                raise RpcError(INVALID_PARAMS, "A prompt 'ref' needs 'name' (a string).")
+            product, upstream_name = _find_prompt(products, name, aggregate)
+            params["ref"] = {**ref, "name": upstream_name}
+        else:
+            uri = ref.get("uri")
+            if not isinstance(uri, str):
+                raise RpcError(INVALID_PARAMS, "A resource 'ref' needs 'uri' (a string).")
+            product = _find_template(products, uri)
+        try:
+            return await self._forward(call, request, product, subscriptions, params, None)
+        except RpcError as err:
+            if err.code != METHOD_NOT_FOUND:
+                raise
+            return {"completion": {"values": [], "hasMore": False}}
 
     async def _acquire(self, subscription: Subscription) -> Decision | None:
         try:
@@ -501,6 +916,169 @@ class McpService:
             "structuredContent": {"tools": found},
             "isError": False,
         }
+
+
+class _Relay:
+    """The reply to one POST. Notifications the upstream sends about the request turn
+    it into an event stream (the first one commits to it, as the specification lets a
+    server choose per request); without any it stays one JSON body."""
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self._request_id = request_id
+        self.started = False
+
+    async def notify(self, message: dict[str, Any]) -> None:
+        if not self.started:
+            self.started = True
+            await self._send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*_SSE_HEADERS, (b"x-request-id", self._request_id.encode())],
+                }
+            )
+        await _event(self._send, _message_event(message))
+
+    async def finish(self, status: int, reply: dict[str, Any] | None, extra: Headers) -> None:
+        if not self.started:
+            await _send(self._send, status, reply, self._request_id, extra)
+            return
+        if reply is not None:
+            await _event(self._send, _message_event(reply))
+        await self._send({"type": "http.response.body", "body": b""})
+
+
+def _message_event(message: dict[str, Any]) -> bytes:
+    return b"event: message\r\ndata: " + orjson.dumps(message) + b"\r\n\r\n"
+
+
+def _error_reply(err: RpcError, request_id: Any, modern: bool) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON-RPC error reply for ``err``."""
+    status = err.status or (_MODERN_STATUS.get(err.code, 200) if modern else 200)
+    if err.code in (PARSE_ERROR, INVALID_REQUEST) and err.status is None:
+        status = 400
+    error: dict[str, Any] = {"code": err.code, "message": err.message}
+    if err.data is not None:
+        error["data"] = err.data
+    return status, {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def _query(scope: Scope, name: str) -> str | None:
+    raw = scope.get("query_string", b"")
+    if not raw:
+        return None
+    values = parse_qs(raw.decode("latin-1")).get(name)
+    return values[0] if values else None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _resource(base: str, slug: str | None) -> str:
+    """The resource identifier (RFC 8707) of an MCP endpoint: a token's audience."""
+    return base.rstrip("/") + "/mcp" + (f"/{slug}" if slug else "")
+
+
+def metadata_url(base: str, slug: str | None) -> str:
+    """Where the endpoint's protected resource metadata lives (RFC 9728 §3.1: the
+    well-known name goes between the host and the path)."""
+    return (
+        base.rstrip("/")
+        + "/.well-known/oauth-protected-resource/mcp"
+        + (f"/{slug}" if slug else "")
+    )
+
+
+def resource_metadata(base: str, issuer: str, slug: str | None) -> dict[str, Any]:
+    """The protected resource metadata (RFC 9728) of ``/mcp/<slug>`` or ``/mcp``."""
+    return {
+        "resource": _resource(base, slug),
+        "authorization_servers": [issuer],
+        "scopes_supported": [OAUTH_SCOPE],
+        "bearer_methods_supported": ["header"],
+        "resource_name": f"Portico MCP: {slug}" if slug else "Portico MCP: all your tools",
+    }
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _event(send: Send, chunk: bytes) -> None:
+    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+def _input_required(answer: dict[str, Any]) -> bool:
+    result = answer.get("result")
+    return isinstance(result, dict) and result.get("resultType") == "input_required"
+
+
+def _ask_channel(principal: int, ask_id: str) -> str:
+    # Only the caller the request went to can answer it.
+    return f"ask:{principal}:{ask_id}"
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("latin-1") if raw is not None else None
+
+
+def _to_session_era(result: dict[str, Any]) -> None:
+    """Make an upstream's 2026-07-28 result one a session-era client understands."""
+    if result.get("resultType") == "input_required":
+        # Its input requests would need server-to-client requests on the session,
+        # which the gateway does not relay.
+        raise RpcError(
+            INTERNAL_ERROR,
+            "The MCP server needs input from the client (elicitation, sampling or roots) "
+            "to answer, which the gateway relays only to clients of protocol 2026-07-28.",
+        )
+    for field_name in _MODERN_ONLY:
+        result.pop(field_name, None)
+    result.pop("_meta", None)
+
+
+def _param_headers(
+    request: _Request, tool: ServedTool, arguments: dict[str, Any]
+) -> dict[str, str] | None:
+    """The ``Mcp-Param-*`` headers of a call to a tool whose pinned input schema marks
+    arguments ``x-mcp-header`` (2026-07-28): the client's must match its arguments
+    (else 400, -32020), and the upstream hears them from the arguments."""
+    named = tool.header_arguments()
+    if not named:
+        return None
+    headers: dict[str, str] = {}
+    for argument, header in named.items():
+        given = request.headers.get(b"mcp-param-" + header.lower().encode("latin-1"))
+        present = argument in arguments and arguments[argument] is not None
+        if request.modern and (given is not None or present):
+            wanted = _header_scalar(arguments.get(argument)) if present else None
+            if given is None or wanted is None or _header_text(given) != wanted:
+                raise RpcError(
+                    HEADER_MISMATCH,
+                    f"Mcp-Param-{header} header does not match the request body's "
+                    f"'{argument}' argument",
+                )
+        if present:
+            value = _header_scalar(arguments[argument])
+            if value is not None:
+                headers[f"Mcp-Param-{header}"] = header_value(value)
+    return headers
+
+
+def _header_scalar(value: Any) -> str | None:
+    """How an argument's value reads in a header: strings as they are, integers and
+    booleans as JSON (other types are not carried in headers)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return None
 
 
 def _find_tools_problem(arguments: dict[str, Any]) -> str | None:
@@ -675,9 +1253,13 @@ def _find_resource(products: list[ServedProduct], uri: str) -> ServedProduct:
     raise RpcError(INVALID_PARAMS, "Resource not found", data={"uri": uri})
 
 
-def _plain(params: dict[str, Any]) -> dict[str, Any]:
-    """The params to forward: the client's envelope (``_meta``) stays here."""
-    return {key: value for key, value in params.items() if key != "_meta"}
+def _find_template(products: list[ServedProduct], uri: str) -> ServedProduct:
+    for product in products:
+        if any(t.get("uriTemplate") == uri for t in product.server.resource_templates) or (
+            uri in product.resources
+        ):
+            return product
+    raise RpcError(INVALID_PARAMS, "Resource not found", data={"uri": uri})
 
 
 def _capabilities(products: list[ServedProduct]) -> dict[str, Any]:
@@ -686,6 +1268,8 @@ def _capabilities(products: list[ServedProduct]) -> dict[str, Any]:
         capabilities["prompts"] = {"listChanged": False}
     if any(p.resources or p.server.resource_templates for p in products):
         capabilities["resources"] = {"listChanged": False, "subscribe": False}
+    if any(p.prompts or p.server.resource_templates for p in products):
+        capabilities["completions"] = {}
     return capabilities
 
 
@@ -705,21 +1289,6 @@ def _limit(scope: Scope) -> int:
         return max(1, min(int(raw[0]), 100)) if raw else FIND_TOOLS_LIMIT
     except ValueError:
         return FIND_TOOLS_LIMIT
-
-
-def _challenge(scope: Scope, slug: str | None) -> bytes:
-    """``WWW-Authenticate`` for a 401: where the protected resource's metadata lives
-    (RFC 9728), relative to the host the client used."""
-    host = "localhost"
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value.decode("latin-1")
-    scheme = scope.get("scheme", "http")
-    path = "/mcp" + (f"/{slug}" if slug else "")
-    return (
-        f'Bearer error="invalid_token", resource_metadata="{scheme}://{host}'
-        f'/.well-known/oauth-protected-resource{path}"'
-    ).encode()
 
 
 async def _send(

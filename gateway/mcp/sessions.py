@@ -33,6 +33,7 @@ SESSION_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 _PAYLOAD = struct.Struct(">16sQIB8s")
 _PREFIX = "ps1."
 _ENDED_PREFIX = "portico:mcp:ended:"
+_NOTE_PREFIX = "portico:mcp:note:"
 
 
 class SessionError(Exception):
@@ -48,11 +49,17 @@ class Sessions:
     def __init__(self, seal_key: bytes, redis_url: str | None = None, timeout: float = 0.5):
         self._key = hmac.new(seal_key, b"portico mcp sessions v1", hashlib.sha256).digest()
         self._ended: dict[str, float] = {}
+        self._notes: dict[tuple[str, str], str] = {}
         self._redis = (
             Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
             if redis_url
             else None
         )
+
+    @property
+    def redis(self) -> Redis | None:
+        """The Redis client sessions share (the legacy SSE streams use it too)."""
+        return self._redis
 
     def open(self, credential: int, endpoint: str, version: str) -> str:
         payload = _PAYLOAD.pack(
@@ -100,6 +107,32 @@ class Sessions:
                 await self._redis.set(_ENDED_PREFIX + session_id, b"1", ex=LIFETIME_SECONDS)
             except (RedisError, OSError) as exc:
                 log.warning("could not share the end of an MCP session: %s", exc)
+
+    async def note(self, session_id: str, name: str, value: str) -> None:
+        """Remember something a session's client said (its log level, its
+        capabilities), here and, with Redis, for every process."""
+        self._notes[(session_id, name)] = value
+        if len(self._notes) > 100_000:
+            self._notes.clear()  # a bound, not a policy: the store below still has them
+        if self._redis is not None:
+            try:
+                await self._redis.set(
+                    f"{_NOTE_PREFIX}{name}:{session_id}", value, ex=LIFETIME_SECONDS
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("could not share what an MCP session's client said: %s", exc)
+
+    async def recall(self, session_id: str, name: str) -> str | None:
+        """What :meth:`note` remembered for the session, if anything."""
+        value = self._notes.get((session_id, name))
+        if value is not None or self._redis is None:
+            return value
+        try:
+            stored = await self._redis.get(f"{_NOTE_PREFIX}{name}:{session_id}")
+        except (RedisError, OSError) as exc:
+            log.warning("could not read what an MCP session's client said: %s", exc)
+            return None
+        return stored.decode() if isinstance(stored, bytes) else None
 
     async def close(self) -> None:
         if self._redis is not None:

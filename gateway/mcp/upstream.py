@@ -21,17 +21,19 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
+import yarl
 
 from gateway import __version__
-from gateway.mcp.index import ServedProduct
-from gateway.schema import MCP_AUTH_STYLES
+from gateway.mcp.index import ServedProduct, ServedTool
+from gateway.mcp.rest import MAX_ANSWER_BYTES, build_request, tool_result
+from gateway.schema import REST_AUTH_STYLES
 
 log = logging.getLogger("gateway.mcp")
 
@@ -41,6 +43,9 @@ CLIENT_INFO = {"name": "portico-gateway", "version": __version__}
 # Methods whose target travels in the Mcp-Name header too.
 NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _ACCEPT = "application/json, text/event-stream"
+# Notifications about a request that are passed on to the client that made it.
+_RELAYED = frozenset({"notifications/progress", "notifications/message"})
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
 _MAX_SSE_EVENT = 8 << 20
 _TOKEN_MARGIN_SECONDS = 30.0
 
@@ -77,19 +82,28 @@ class McpUpstreams:
         self._ids = itertools.count(1)
 
     async def request(
-        self, product: ServedProduct, method: str, params: dict[str, Any]
+        self,
+        product: ServedProduct,
+        method: str,
+        params: dict[str, Any],
+        notify: Notify | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send one JSON-RPC request; the upstream's response object (``result`` or
-        ``error``). Raises :class:`UpstreamError` when there is none."""
+        ``error``). Notifications the server sends about the request before answering
+        (progress, log messages) go to ``notify``; ``headers`` (``Mcp-Param-*``) go with
+        a stateless request. Raises :class:`UpstreamError` when there is no answer."""
         server = self._server(product)
         if product.server.transport == "sse":
-            return await self._over_sse(product, server, method, params)
+            return await self._over_sse(product, server, method, params, notify)
         if server.era is None:
             async with server.lock:
                 if server.era is None:
                     await self._discover(product, server)
         if server.era == "modern":
-            response = await self._post(product, server, method, params, modern=True)
+            response = await self._post(
+                product, server, method, params, modern=True, notify=notify, extra=headers
+            )
             error = response.get("error")
             if isinstance(error, dict) and error.get("code") == -32022:
                 server.era = None  # the server changed versions: ask again next time
@@ -100,7 +114,9 @@ class McpUpstreams:
                     if server.session_id is None:
                         await self._initialize(product, server)
             try:
-                return await self._post(product, server, method, params, modern=False)
+                return await self._post(
+                    product, server, method, params, modern=False, notify=notify
+                )
             except _SessionLost:
                 server.session_id = None
                 if attempt:
@@ -147,11 +163,65 @@ class McpUpstreams:
         headers = {"Accept": _ACCEPT, "Content-Type": "application/json"}
         options = product.upstream.options
         style = auth_style(options, product.secret)
-        if product.secret is None or style not in MCP_AUTH_STYLES:
+        if product.secret is None or style not in REST_AUTH_STYLES or style == "query":
             return headers
         credential = await self._token(product, server) if style == "oauth2" else product.secret
         headers.update(credential_headers(style, options, credential))
         return headers
+
+    async def call_rest(
+        self, product: ServedProduct, tool: ServedTool, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A REST-to-MCP tool call: the service's answer as a ``CallToolResult``.
+        Raises :class:`RestArgumentError` for arguments that make no request and
+        :class:`UpstreamError` when the service cannot be reached."""
+        call = tool.tool.rest
+        assert call is not None  # the index serves REST products' tools only with one
+        request = build_request(call, product.upstream.base_url, arguments)
+        server = self._server(product)
+        # The upstream's credential last, so that no argument can stand in for it.
+        credential = {
+            name: value
+            for name, value in (await self._headers(product, server)).items()
+            if name not in ("Accept", "Content-Type")
+        }
+        taken = {name.lower() for name in credential}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in taken}
+        headers.update(credential)
+        options = product.upstream.options
+        if product.secret is not None and auth_style(options, product.secret) == "query":
+            param = options.get("param") or "api_key"
+            request.query = [(k, v) for k, v in request.query if k != param]
+            request.query.append((param, product.secret))
+        try:
+            async with self._http.request(
+                request.method,
+                yarl.URL(request.url, encoded=True),
+                params=request.query or None,
+                data=request.body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=product.upstream.timeout_seconds),
+            ) as response:
+                body = await response.content.read(MAX_ANSWER_BYTES + 1)
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise UpstreamError(
+                        "The REST service's answer is larger than the gateway relays "
+                        f"({MAX_ANSWER_BYTES >> 20} MiB)."
+                    )
+                return tool_result(
+                    response.status,
+                    response.headers.get("Content-Type", ""),
+                    body,
+                    call.select,
+                    product.secret,
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(
+                "The REST service behind this tool did not answer in time."
+                if isinstance(exc, TimeoutError)
+                else "The gateway could not reach the REST service behind this tool."
+            ) from None
 
     async def _token(self, product: ServedProduct, server: _Server) -> str:
         if server.token is not None and time.monotonic() < server.token_until:
@@ -197,6 +267,8 @@ class McpUpstreams:
         params: dict[str, Any] | None,
         *,
         modern: bool,
+        notify: Notify | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         request_id = None
@@ -207,9 +279,12 @@ class McpUpstreams:
             params = dict(params or {})
             meta = dict(params.get("_meta") or {})
             meta["io.modelcontextprotocol/protocolVersion"] = MODERN_VERSION
-            meta["io.modelcontextprotocol/clientCapabilities"] = {}
+            # The client's own capabilities when it sent them: the server may ask it
+            # for input (``input_required``) only within them.
+            meta.setdefault("io.modelcontextprotocol/clientCapabilities", {})
             meta["io.modelcontextprotocol/clientInfo"] = CLIENT_INFO
             params["_meta"] = meta
+            headers.update(extra or {})
             headers["MCP-Protocol-Version"] = MODERN_VERSION
             headers["Mcp-Method"] = method
             named = NAMED.get(method)
@@ -234,7 +309,9 @@ class McpUpstreams:
                     server.session_id = response.headers.get("Mcp-Session-Id")
                 if request_id is None:
                     return {}
-                return await _answer(response, request_id, lost=server.session_id is not None)
+                return await _answer(
+                    response, request_id, lost=server.session_id is not None, notify=notify
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             timed_out = isinstance(exc, TimeoutError)
             raise UpstreamError(
@@ -244,7 +321,12 @@ class McpUpstreams:
             ) from None
 
     async def _over_sse(
-        self, product: ServedProduct, server: _Server, method: str, params: dict[str, Any]
+        self,
+        product: ServedProduct,
+        server: _Server,
+        method: str,
+        params: dict[str, Any],
+        notify: Notify | None,
     ) -> dict[str, Any]:
         """One call over the 2024-11-05 HTTP+SSE transport, on a connection of its own."""
         headers = await self._headers(product, server)
@@ -284,7 +366,9 @@ class McpUpstreams:
                         if posted.status >= 300:
                             raise _http_failure(posted.status)
                     if step.get("id") is not None:
-                        answer = await _next_response(events, step["id"])
+                        answer = await _next_response(
+                            events, step["id"], notify if step["id"] == call_id else None
+                        )
                         if step["id"] == call_id:
                             return answer
         except (aiohttp.ClientError, TimeoutError):
@@ -295,9 +379,9 @@ class McpUpstreams:
 
 
 def auth_style(options: Mapping[str, str], secret: str | None) -> str:
-    """How an MCP upstream's own credential travels: ``bearer``, ``header`` or
-    ``oauth2``; with no ``auth`` option a secret goes as a bearer token, and ``""``
-    means there is none. Discovery on the control plane uses this and
+    """How an upstream's own credential travels: ``bearer``, ``header``, ``oauth2``
+    or (REST services) ``query``; with no ``auth`` option a secret goes as a bearer
+    token, and ``""`` means there is none. Discovery on the control plane uses this and
     :func:`credential_headers` too, so that it succeeds exactly when calls will."""
     return options.get("auth") or ("bearer" if secret else "")
 
@@ -333,14 +417,14 @@ def _http_failure(status: int) -> UpstreamError:
 
 
 async def _answer(
-    response: aiohttp.ClientResponse, request_id: int, *, lost: bool
+    response: aiohttp.ClientResponse, request_id: int, *, lost: bool, notify: Notify | None
 ) -> dict[str, Any]:
     status = response.status
     kind = response.headers.get("Content-Type", "")
     if status == 404 and lost:
         raise _SessionLost
     if kind.startswith("text/event-stream") and status == 200:
-        return await _next_response(_sse_events(response), request_id)
+        return await _next_response(_sse_events(response), request_id, notify)
     body = await response.content.read(_MAX_SSE_EVENT)
     message = _json(body)
     if message.get("id") == request_id and ("result" in message or "error" in message):
@@ -383,13 +467,17 @@ async def _next_event(events: Any, wanted: str) -> str:
     raise UpstreamError("The MCP server behind this product closed its stream.")
 
 
-async def _next_response(events: Any, request_id: int) -> dict[str, Any]:
+async def _next_response(
+    events: Any, request_id: int, notify: Notify | None = None
+) -> dict[str, Any]:
     async for event, data in events:
         if event != "message":
             continue
         message = _json(data.encode())
         if message.get("id") == request_id and ("result" in message or "error" in message):
             return message
+        if notify is not None and "id" not in message and message.get("method") in _RELAYED:
+            await notify(message)
     raise UpstreamError("The MCP server behind this product closed its stream before answering.")
 
 

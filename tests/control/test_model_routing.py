@@ -97,7 +97,7 @@ def routed(catalog: Catalog) -> Catalog:
 
 def test_vendor_choices_are_the_gateways_vendors():
     assert set(MODEL_VENDORS) == set(VENDORS)
-    assert set(Upstream.Vendor.values) & NON_MODEL_VENDORS == {MCP_VENDOR}
+    assert set(Upstream.Vendor.values) & NON_MODEL_VENDORS == NON_MODEL_VENDORS  # mcp, rest
 
 
 def test_a_model_route_cannot_go_to_an_mcp_server(catalog):
@@ -413,7 +413,7 @@ def test_other_vendors_take_no_options(db, vendor):
 def test_unknown_or_empty_options_are_refused(db):
     assert option_errors("azure_openai", "https://x.openai.azure.com", {"deployment": "d"}) == [
         "Unknown vendor option 'deployment': the options are api_version, region, auth, "
-        "header, token_url, client_id, scope."
+        "header, token_url, client_id, scope, param."
     ]
     assert option_errors("azure_openai", "https://x.openai.azure.com", {"api_version": " "}) == [
         "The api_version option must be 1 to 200 characters without surrounding spaces."

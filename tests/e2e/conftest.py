@@ -80,6 +80,8 @@ def e2e_stack(
         "PORTICO_GATEWAY_USAGE_FLUSH_SECONDS": "0.5",
         "PORTICO_RECONCILE_SECONDS": "1",
         "PORTICO_GATEWAY_PUBLIC_URL": ports.gateway_url,
+        # The OAuth issuer the gateway's protected resource metadata names.
+        "PORTICO_PORTAL_URL": ports.portal_url,
         # Mail lands in files the tests read (verification links).
         "PORTICO_EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
         "PORTICO_EMAIL_FILE_PATH": str(tmp / "mail"),

@@ -299,6 +299,8 @@ def start_gateway(
             "PORTICO_GATEWAY_MAX_BODY_BYTES": str(64 * 1024),
             "PORTICO_GATEWAY_DRAIN_SECONDS": "5",
             "PORTICO_GATEWAY_INSTANCE_ID": name,
+            # The test's upstreams all listen on loopback.
+            "PORTICO_EGRESS_ALLOW": "127.0.0.0/8,::1",
             **(env or {}),
         },
         ready_url=f"http://127.0.0.1:{port}/healthz",
@@ -448,3 +450,20 @@ def gw(shared_gateway: Gateway, world: World) -> Gateway:
     response = shared_gateway.push(world.revision())
     assert response.status_code == 200, response.text
     return shared_gateway
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Any]:
+    """An official-SDK MCP server as a product's upstream (``tests.gateway.mcp_support``,
+    imported here because it builds on this module)."""
+    from tests.gateway.mcp_support import upstream_server
+
+    yield from upstream_server()
+
+
+@pytest.fixture
+def served(gw: Gateway, world: World, upstream: Any) -> Gateway:
+    """The shared gateway serving ``upstream`` as the MCP product ``tools``."""
+    from tests.gateway.mcp_support import serve_mcp
+
+    return serve_mcp(gw, world, upstream)

@@ -4,221 +4,30 @@ test process, recording what reaches it."""
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-import socket
-import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import msgspec
 import pytest
-import uvicorn
 from mcp import Client, MCPError
-from mcp.client.streamable_http import streamable_http_client
-from mcp.server.mcpserver import MCPServer
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.schema import (
     Consumer,
     Credential,
-    McpServer,
-    McpTool,
     Plan,
-    Product,
-    Revision,
     Subscription,
-    Upstream,
 )
-from tests.gateway.conftest import ALICE, BOB, BOB_CREDENTIAL, Gateway, World, sha256
+from tests.gateway.conftest import BOB, BOB_CREDENTIAL, Gateway, World, sha256
+from tests.gateway.mcp_support import (
+    BACKEND_TOKEN,
+    Upstream_,
+    definitions,
+    initialize,
+    mcp_revision,
+    post,
+    run,
+)
 
 pytestmark = pytest.mark.e2e
-
-T = TypeVar("T")
-BACKEND_TOKEN = "mcp-backend-" + secrets.token_urlsafe(16)
-MCP_PRODUCT = 3
-
-
-@dataclass
-class Upstream_:
-    server: MCPServer
-    url: str
-    seen: list[dict[str, str]] = field(default_factory=list)
-
-    def calls(self, method: str) -> int:
-        return sum(1 for headers in self.seen if headers.get("mcp-method") == method)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _demo_server() -> MCPServer:
-    server = MCPServer("demo-upstream", instructions="Arithmetic and echoes.")
-
-    @server.tool(description="Add two integers.")
-    def add(a: int, b: int) -> int:
-        return a + b
-
-    @server.tool(description="Repeat the text back.")
-    def echo(text: str) -> str:
-        return text
-
-    @server.tool(description="Send an email message to a recipient with a subject.")
-    def send_email(to: str, subject: str) -> str:
-        return f"sent to {to}"
-
-    @server.prompt(description="Greet someone.")
-    def greet(name: str) -> str:
-        return f"Hello {name}"
-
-    @server.resource("res://motd", mime_type="text/plain")
-    def motd() -> str:
-        return "message of the day"
-
-    return server
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream_]:
-    server = _demo_server()
-    inner = server.streamable_http_app(host="0.0.0.0")  # noqa: S104 (no DNS-rebinding list)
-    old_transport = server.sse_app(host="0.0.0.0")  # noqa: S104
-    record = Upstream_(server, "")
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        """``/mcp``: both eras; ``/session-only/mcp``: a server of the session era
-        (refuses stateless requests as a 2025-11-25 server does); ``/sse`` and
-        ``/messages/``: the 2024-11-05 HTTP+SSE transport."""
-        if scope["type"] != "http":
-            await inner(scope, receive, send)
-            return
-        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        record.seen.append(headers | {"path": scope["path"]})
-        if scope["path"].startswith(("/sse", "/messages")):
-            await old_transport(scope, receive, send)
-            return
-        if scope["path"] == "/session-only/mcp":
-            if headers.get("mcp-protocol-version") == "2026-07-28":
-                body = (
-                    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
-                    b'"message":"Bad Request: Missing session ID"}}'
-                )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 400,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-            scope = {**scope, "path": "/mcp", "raw_path": b"/mcp"}
-        await inner(scope, receive, send)
-
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    record.url = f"http://127.0.0.1:{port}/mcp"
-    yield record
-    uv.should_exit = True
-    thread.join(5)
-
-
-def run(url: str, key: str, body: Callable[[Client], Awaitable[T]], mode: str = "auto") -> T:
-    async def main() -> T:
-        # The SDK leaves a client it was given open: closing it is ours to do.
-        async with create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http:
-            transport = streamable_http_client(url, http_client=http)
-            async with Client(transport, mode=mode) as client:
-                return await body(client)
-
-    return asyncio.run(main())
-
-
-def definitions(upstream: Upstream_) -> dict[str, dict[str, Any]]:
-    """The upstream's tools as discovery stores them (what an admin approves)."""
-
-    async def listed(client: Client) -> Any:
-        return await client.list_tools()
-
-    async def main() -> Any:
-        async with Client(streamable_http_client(upstream.url)) as client:
-            return await listed(client)
-
-    result = asyncio.run(main())
-    return {
-        tool.name: tool.model_dump(mode="json", by_alias=True, exclude_none=True)
-        for tool in result.tools
-    }
-
-
-def mcp_revision(
-    world: World,
-    upstream: Upstream_,
-    *,
-    pinned: dict[str, dict[str, Any]] | None = None,
-    allowed: list[str] | None = None,
-    url: str | None = None,
-    transport: str = "streamable_http",
-) -> Revision:
-    tools = pinned or definitions(upstream)
-    doc = world.revision()
-    server = McpServer(
-        upstream="mcp-up",
-        transport=transport,  # type: ignore[arg-type]
-        tools=[McpTool(name=name, definition=d) for name, d in sorted(tools.items())],
-        prompts=[
-            {
-                "name": "greet",
-                "description": "Greet someone.",
-                "arguments": [{"name": "name", "required": True}],
-            }
-        ],
-        resources=[{"uri": "res://motd", "name": "motd", "mimeType": "text/plain"}],
-        instructions="Arithmetic and echoes.",
-    )
-    plan = Plan(id=1, name="Free")
-    alice = doc.consumers[str(ALICE)]
-    return msgspec.structs.replace(
-        doc,
-        upstreams={
-            **doc.upstreams,
-            "mcp-up": Upstream(
-                vendor="mcp", base_url=url or upstream.url, secret=world.keys.seal(BACKEND_TOKEN)
-            ),
-        },
-        products={
-            **doc.products,
-            "tools": Product(id=MCP_PRODUCT, slug="tools", kind="mcp", mcp=server),
-        },
-        consumers={
-            **doc.consumers,
-            str(ALICE): Consumer(
-                id=ALICE,
-                subscriptions={
-                    **alice.subscriptions,
-                    "tools": Subscription(id=31, plan=plan, tools=allowed),
-                },
-            ),
-        },
-    )
-
-
-@pytest.fixture
-def served(gw: Gateway, world: World, upstream: Upstream_) -> Gateway:
-    response = gw.push(mcp_revision(world, upstream))
-    assert response.status_code == 200, response.text
-    return gw
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -247,6 +56,22 @@ def test_sdk_client_lists_and_calls_tools_in_both_eras(
     assert reached
     assert all(h.get("authorization") == f"Bearer {BACKEND_TOKEN}" for h in reached)
     assert not any(world.alice_key in str(h) for h in reached)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+def test_progress_of_a_call_reaches_the_client(served: Gateway, world: World, mode: str) -> None:
+    async def body(client: Client) -> Any:
+        seen: list[tuple[float, float | None, str | None]] = []
+
+        async def progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append((progress, total, message))
+
+        echoed = await client.call_tool("echo", {"text": "hi"}, progress_callback=progress)
+        return echoed, seen
+
+    echoed, seen = run(served.url + "/mcp/tools", world.alice_key, body, mode)
+    assert echoed.structured_content == {"result": "hi"}
+    assert seen == [(1, 2, "listening"), (2, 2, "repeating")]
 
 
 @pytest.mark.parametrize(
@@ -339,23 +164,6 @@ def test_the_aggregate_endpoint_namespaces_and_finds_tools(served: Gateway, worl
     ]
 
 
-def _post(gw: Gateway, path: str, body: bytes, key: str | None, **headers: str) -> httpx.Response:
-    sent = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-    if key is not None:
-        sent["Authorization"] = f"Bearer {key}"
-    return gw.http.post(gw.url + path, content=body, headers={**sent, **headers})
-
-
-def _initialize(gw: Gateway, key: str) -> str:
-    body = (
-        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
-        b'"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}'
-    )
-    response = _post(gw, "/mcp/tools", body, key)
-    assert response.status_code == 200, response.text
-    return response.headers["mcp-session-id"]
-
-
 def test_a_session_id_belongs_to_the_key_that_opened_it(
     served: Gateway, world: World, upstream: Upstream_
 ) -> None:
@@ -376,17 +184,17 @@ def test_a_session_id_belongs_to_the_key_that_opened_it(
         credentials={**doc.credentials, sha256(world.bob_key): Credential(BOB_CREDENTIAL, BOB)},
     )
     assert served.push(doc).status_code == 200
-    session = _initialize(served, world.alice_key)
+    session = initialize(served, world.alice_key)
     assert session.startswith("ps1.")
     listing = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
-    own = _post(served, "/mcp/tools", listing, world.alice_key, **{"Mcp-Session-Id": session})
+    own = post(served, "/mcp/tools", listing, world.alice_key, **{"Mcp-Session-Id": session})
     assert own.status_code == 200
     before = len(upstream.seen)
     call = (
         b'{"jsonrpc":"2.0","id":3,"method":"tools/call",'
         b'"params":{"name":"add","arguments":{"a":1,"b":1}}}'
     )
-    stolen = _post(served, "/mcp/tools", call, world.bob_key, **{"Mcp-Session-Id": session})
+    stolen = post(served, "/mcp/tools", call, world.bob_key, **{"Mcp-Session-Id": session})
     assert stolen.status_code == 404
     assert stolen.json() == {
         "jsonrpc": "2.0",
@@ -399,7 +207,7 @@ def test_a_session_id_belongs_to_the_key_that_opened_it(
         headers={"Authorization": f"Bearer {world.alice_key}", "Mcp-Session-Id": session},
     )
     assert ended.status_code == 200
-    again = _post(served, "/mcp/tools", listing, world.alice_key, **{"Mcp-Session-Id": session})
+    again = post(served, "/mcp/tools", listing, world.alice_key, **{"Mcp-Session-Id": session})
     assert again.status_code == 404
     assert len(upstream.seen) == before
 
@@ -418,7 +226,7 @@ def test_malformed_json_rpc_gets_its_error_and_reaches_no_upstream(
     served: Gateway, world: World, upstream: Upstream_, body: bytes, status: int, code: int
 ) -> None:
     before = len(upstream.seen)
-    response = _post(
+    response = post(
         served,
         "/mcp/tools",
         body,
@@ -436,7 +244,7 @@ def test_modern_requests_must_agree_with_their_headers(served: Gateway, world: W
         b'"io.modelcontextprotocol/clientCapabilities":{}}'
     )
     body = b'{"jsonrpc":"2.0","id":"x","method":"tools/list","params":{' + meta + b"}}"
-    ok = _post(
+    ok = post(
         served,
         "/mcp/tools",
         body,
@@ -445,7 +253,7 @@ def test_modern_requests_must_agree_with_their_headers(served: Gateway, world: W
     )
     assert ok.status_code == 200
     assert ok.json()["result"]["resultType"] == "complete"
-    mismatched = _post(
+    mismatched = post(
         served,
         "/mcp/tools",
         body,
@@ -455,7 +263,7 @@ def test_modern_requests_must_agree_with_their_headers(served: Gateway, world: W
     assert mismatched.status_code == 400
     assert mismatched.json()["error"]["code"] == -32020
     unknown = body.replace(b"tools/list", b"ping")
-    missing = _post(
+    missing = post(
         served,
         "/mcp/tools",
         unknown,
@@ -467,20 +275,23 @@ def test_modern_requests_must_agree_with_their_headers(served: Gateway, world: W
 
 def test_keys_and_subscriptions_are_checked(served: Gateway, world: World) -> None:
     listing = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
-    anonymous = _post(served, "/mcp/tools", listing, None)
+    anonymous = post(served, "/mcp/tools", listing, None)
     assert anonymous.status_code == 401
-    assert "resource_metadata=" in anonymous.headers["www-authenticate"]
+    assert anonymous.headers["www-authenticate"] == (
+        f'Bearer error="invalid_token", scope="mcp", resource_metadata='
+        f'"{served.url}/.well-known/oauth-protected-resource/mcp/tools"'
+    )
     assert anonymous.json()["error"]["code"] == -32001
     # Bob's app has no subscription to the product.
-    foreign = _post(served, "/mcp/tools", listing, world.bob_key)
+    foreign = post(served, "/mcp/tools", listing, world.bob_key)
     assert (foreign.status_code, foreign.json()["error"]["code"]) == (403, -32003)
     # On the aggregate endpoint he simply has no tools but the finder.
-    session = _post(
+    session = post(
         served,
         "/mcp",
         b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
         b'"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}',
         world.bob_key,
     ).headers["mcp-session-id"]
-    tools = _post(served, "/mcp", listing, world.bob_key, **{"Mcp-Session-Id": session})
+    tools = post(served, "/mcp", listing, world.bob_key, **{"Mcp-Session-Id": session})
     assert [t["name"] for t in tools.json()["result"]["tools"]] == ["find_tools"]
