@@ -36,7 +36,8 @@ Targets:
 
 The gateways also run the policy scenarios (``POLICY_SCENARIOS``): the full policy
 chain with a plan's limits counted on every call, and Anthropic's ``/v1/messages``
-converted to the OpenAI-wire mock, streaming and not.
+converted to the OpenAI-wire mock, streaming and not; and ``mcp-tool``, the same chat
+completion made by an MCP client as a REST-to-MCP ``tools/call`` on ``/mcp/bench-tools``.
 
 Writes ``bench/results/<date>.md`` and prints its summary table.
 """
@@ -87,6 +88,12 @@ POLICY_SCENARIOS = {
     "messages": ("bench", False, "/v1/messages", "anthropic", False),
     "messages-stream": ("bench-stream", True, "/v1/messages", "anthropic", False),
 }
+# "mcp-tool": the same chat completion as "non-stream", made by an MCP client as a
+# REST-to-MCP tool call (tools/call at 2026-07-28 on /mcp/bench-tools: header checks,
+# the pinned schema's validation, the request built from the arguments, the answer
+# turned into a tool result).
+MCP_PRODUCT = "bench-tools"
+MCP_TOOL = "complete"
 # Limits that are counted on every call and never refuse one in a run.
 BENCH_LIMITS = schema.Plan(
     id=2,
@@ -212,7 +219,9 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk_script(path: Path, body: dict[str, object], key: str | None) -> None:
+def wrk_script(
+    path: Path, body: dict[str, object], key: str | None, headers: dict[str, str] | None = None
+) -> None:
     lines = [
         'wrk.method = "POST"',
         f"wrk.body = {json.dumps(json.dumps(body))}",
@@ -220,7 +229,70 @@ def wrk_script(path: Path, body: dict[str, object], key: str | None) -> None:
     ]
     if key:
         lines.append(f'wrk.headers["Authorization"] = "Bearer {key}"')
+    for name, value in (headers or {}).items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def mcp_product(
+    keys: GatewayKeys, mock_url: str, upstream_key: str
+) -> tuple[dict[str, schema.Upstream], schema.Product]:
+    """The MCP product of the "mcp-tool" scenario: one REST-to-MCP tool posting its
+    ``request`` argument to the mock's chat completions."""
+    tool = schema.McpTool(
+        name=MCP_TOOL,
+        definition={
+            "name": MCP_TOOL,
+            "description": "Complete a chat.",
+            "inputSchema": {
+                "type": "object",
+                "properties": {"request": {"type": "object"}},
+                "required": ["request"],
+            },
+        },
+        rest=schema.RestCall(
+            method="POST",
+            path="/chat/completions",
+            arguments=[schema.RestArgument(name="request", in_="whole_body")],
+        ),
+    )
+    upstream = schema.Upstream(vendor="rest", base_url=mock_url, secret=keys.seal(upstream_key))
+    product = schema.Product(
+        id=2,
+        slug=MCP_PRODUCT,
+        kind="mcp",
+        mcp=schema.McpServer(upstream="mock-rest", tools=[tool]),
+    )
+    return {"mock-rest": upstream}, product
+
+
+def mcp_call(model: str) -> tuple[dict[str, object], dict[str, str]]:
+    """A 2026-07-28 ``tools/call`` of the scenario's tool, and its headers."""
+    body: dict[str, object] = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": MCP_TOOL,
+            "arguments": {
+                "request": {
+                    "model": model,
+                    "messages": [{"role": "user", "content": "Say something short."}],
+                }
+            },
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": MCP_TOOL,
+    }
+    return body, headers
 
 
 def run_wrk(
@@ -401,11 +473,23 @@ def proxy_suite(args: argparse.Namespace) -> str:
             consumers=2,
             more_credentials={hash_key(limited_key): schema.Credential(id=2, consumer=2)},
         )
-        # App 2 runs under limits (the policy scenarios' key).
+        # App 2 runs under limits (the policy scenarios' key); app 1 may call the MCP
+        # product too.
+        mcp_upstreams, tools = mcp_product(keys, f"http://127.0.0.1:{mock_port}/v1", upstream_key)
+        free = schema.Plan(id=1, name="Bench")
         doc = msgspec.structs.replace(
             doc,
+            upstreams={**doc.upstreams, **mcp_upstreams},
+            products={**doc.products, MCP_PRODUCT: tools},
             consumers={
                 **doc.consumers,
+                "1": schema.Consumer(
+                    id=1,
+                    subscriptions={
+                        "bench": schema.Subscription(id=1, plan=free),
+                        MCP_PRODUCT: schema.Subscription(id=3, plan=free),
+                    },
+                ),
                 "2": schema.Consumer(
                     id=2, subscriptions={"bench": schema.Subscription(id=2, plan=BENCH_LIMITS)}
                 ),
@@ -587,6 +671,26 @@ def proxy_suite(args: argparse.Namespace) -> str:
                     result.runs.append(run_wrk(wrk, url, script, 50, args.duration, pid))
                 results.append(result)
                 print(_line(result), flush=True)
+        for target in ("gateway", "gateway-local"):
+            if target not in wanted or target not in targets:
+                continue
+            url, pid, _ = targets[target]
+            url = url.replace("/v1/chat/completions", f"/mcp/{MCP_PRODUCT}")
+            body, headers = mcp_call("mock")
+            # A JSON-RPC error is a 200 too: make sure the call really completes.
+            probe = httpx.post(
+                url, json=body, headers={**headers, "Authorization": f"Bearer {app_key}"}
+            ).json()
+            if probe.get("result", {}).get("isError") is not False:
+                raise SystemExit(f"the mcp-tool scenario does not work: {probe}")
+            script = tmp / f"{target}-mcp-tool.lua"
+            wrk_script(script, body, app_key, headers)
+            run_wrk(wrk, url, script, 10, 1, pid)  # warm-up
+            result = Result(target, "mcp-tool", 50)
+            for _ in range(args.runs):
+                result.runs.append(run_wrk(wrk, url, script, 50, args.duration, pid))
+            results.append(result)
+            print(_line(result), flush=True)
     finally:
         stack.stop_all()
     print(summary(results))
@@ -684,6 +788,7 @@ def summary(results: list[Result]) -> str:
         ("limits-stream", "stream-20"),
         ("messages", "non-stream"),
         ("messages-stream", "stream-20"),
+        ("mcp-tool", "non-stream"),
     ):
         plain = _find(results, "gateway", base, 50)
         for target in ("gateway", "gateway-local"):
