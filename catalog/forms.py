@@ -209,9 +209,7 @@ def rest_tool_initial(
     for argument in call.arguments:
         prop = properties.get(argument.name)
         prop = prop if isinstance(prop, dict) else {}
-        kind = prop.get("type")
-        if isinstance(kind, list):  # ["string", "null"]: the first named type
-            kind = next((item for item in kind if item != "null"), "string")
+        kind = _type_of(prop)  # ["string", "null"]: the first named type
         arguments.append(
             {
                 "name": argument.name,

@@ -12,7 +12,12 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-from catalog.openapi import CredentialPlace, rest_call_from_json, rest_tool_problems
+from catalog.openapi import (
+    HEADER_NAME,
+    CredentialPlace,
+    rest_call_from_json,
+    rest_tool_problems,
+)
 from gateway.egress import EgressError, EgressPolicy, HostNotFound
 from gateway.schema import (
     MCP_AUTH_STYLES,
@@ -91,7 +96,6 @@ RESERVED_HEADERS = frozenset(
         "upgrade",
     }
 )
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(?:-[a-z]+)?$")
 _AWS_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 # Bedrock's runtime endpoints name their region: bedrock-runtime[-fips].<region>.amazonaws.com,
@@ -319,7 +323,7 @@ def mcp_auth_errors(options: dict[str, str], *, rest: bool = False) -> list[str]
         errors.append("Name the header the secret goes in (the header option), e.g. X-API-Key.")
     elif header and auth != "header":
         errors.append("The header option is only for auth=header; remove it.")
-    elif header and (not _HEADER_NAME.match(header) or header.lower() in RESERVED_HEADERS):
+    elif header and (not HEADER_NAME.match(header) or header.lower() in RESERVED_HEADERS):
         errors.append(f"{header!r} cannot carry the credential: use a header like X-API-Key.")
     oauth = {key: options.get(key) for key in ("token_url", "client_id", "scope")}
     if auth == "oauth2":
@@ -685,6 +689,10 @@ class Plan(models.Model):
         return f"{self.product.slug}: {self.name}"
 
 
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
 class McpServer(models.Model):
     """The MCP server behind an MCP product, and what discovery last found there.
 
@@ -864,9 +872,15 @@ class McpTool(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def is_served(self) -> bool:
-        return self.status in self.SERVED and self.pinned_definition is not None
+    def served_summary(self) -> tuple[str, str]:
+        """The title and description developers are shown, from the pinned definition
+        (the title may also sit in its annotations); empty strings where there are none."""
+        definition = self.pinned_definition or {}
+        annotations = definition.get("annotations")
+        title = _text(definition.get("title")) or _text(
+            annotations.get("title") if isinstance(annotations, dict) else None
+        )
+        return title, _text(definition.get("description"))
 
     def clean(self) -> None:
         if self.rest is None:

@@ -760,9 +760,7 @@ def rest_tool_problems(
                 f"{where} is the query parameter the upstream's credential goes in; a tool "
                 "argument cannot set it."
             )
-    schema = definition.get("inputSchema")
-    properties = schema.get("properties") if isinstance(schema, dict) else None
-    properties = properties if isinstance(properties, dict) else {}
+    properties = input_properties(definition)
     for name in dict.fromkeys(names):
         if name not in properties:
             problems.append(f"The argument {name} is not a property of the input schema.")

@@ -105,7 +105,12 @@ class ToolListing:
     name: str
     title: str
     description: str
-    input_schema: str  # pretty JSON
+    schema: Any  # the input schema, as pinned
+
+    @property
+    def input_schema(self) -> str:
+        """The input schema as pretty JSON (what the page shows)."""
+        return json.dumps(self.schema, indent=2, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,6 @@ class McpListing:
     prompts: list[dict[str, Any]] = field(default_factory=list)
     resources: list[dict[str, Any]] = field(default_factory=list)
     resource_templates: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def mcp_listing_for(*, product: Product) -> McpListing | None:
@@ -137,19 +138,13 @@ def mcp_listing_for(*, product: Product) -> McpListing | None:
         return None
     tools = []
     for tool in getattr(server, "served", []):
-        definition = tool.pinned_definition or {}
-        annotations = definition.get("annotations")
-        title = _text(definition.get("title")) or _text(
-            annotations.get("title") if isinstance(annotations, dict) else None
-        )
+        title, description = tool.served_summary()
         tools.append(
             ToolListing(
                 name=tool.name,
                 title=title,
-                description=_text(definition.get("description")),
-                input_schema=json.dumps(
-                    definition.get("inputSchema", {}), indent=2, ensure_ascii=False
-                ),
+                description=description,
+                schema=(tool.pinned_definition or {}).get("inputSchema", {}),
             )
         )
     if server.approved_at is None:

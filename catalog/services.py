@@ -20,6 +20,7 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from catalog.crypto import decrypt_secret, encrypt_secret
@@ -392,12 +393,10 @@ def _search_document(
     parts = [product.name, product.slug, product.description, category_name]
     parts.extend(tag for tag in product.tags if isinstance(tag, str))
     parts.extend(route_names)
-    for tool in tools:
-        # Only what developers are shown: served tools, as pinned.
-        if tool.is_served:
-            description = (tool.pinned_definition or {}).get("description")
-            parts.append(tool.name)
-            parts.append(" ".join(description.split()) if isinstance(description, str) else "")
+    for tool in tools:  # served tools only (what developers are shown), as pinned
+        description = (tool.pinned_definition or {}).get("description")
+        parts.append(tool.name)
+        parts.append(" ".join(description.split()) if isinstance(description, str) else "")
     return "\n".join(part for part in parts if part).lower()
 
 
@@ -414,7 +413,7 @@ def product_refresh_search_document(*, product: Product) -> Product:
         product,
         category_name=category_name or "",
         route_names=route_names,
-        tools=McpTool.objects.filter(server__product=product).order_by("name"),
+        tools=McpTool.objects.served().filter(server__product=product),
     )
     if document != product.search_document:
         product.search_document = document
@@ -431,7 +430,9 @@ def products_refresh_search_documents(*, products: Iterable[Product]) -> int:
     for product in (
         Product.objects.filter(pk__in=ids)
         .select_related("category", "mcp_server")
-        .prefetch_related("model_routes", "mcp_server__tools")
+        .prefetch_related(
+            "model_routes", Prefetch("mcp_server__tools", queryset=McpTool.objects.served())
+        )
     ):
         server = getattr(product, "mcp_server", None)
         document = _search_document(
@@ -586,8 +587,7 @@ def _apply_listing(
                 server=server, name=name, discovered_definition=definition, rest=rest, flags=flags
             )
             if approve_new:
-                tool.status, tool.approved_at = McpTool.Status.APPROVED, now
-                tool.pinned_definition, tool.pinned_rest = definition, rest
+                _pin(tool, now)
             fresh.append(tool)
             listed.fresh.append(name)
             continue
@@ -595,7 +595,7 @@ def _apply_listing(
         if status == McpTool.Status.NEW and approve_new:
             tool.discovered_definition, tool.rest, tool.flags = definition, rest, flags
             _pin(tool, now)
-            tool.save(update_fields=["discovered_definition", "rest", "flags"])
+            tool.save(update_fields=["discovered_definition", "rest", "flags", *_PINNED_FIELDS])
             listed.fresh.append(name)
             continue
         current = (tool.status, tool.discovered_definition, tool.rest, tool.flags)
@@ -671,13 +671,16 @@ def mcp_server_record_discovery(*, server: McpServer, discovery: Discovery) -> M
     return server
 
 
+_PINNED_FIELDS = ["pinned_definition", "pinned_rest", "status", "approved_at"]
+
+
 def _pin(tool: McpTool, now: datetime) -> None:
-    """Pin what was last listed: the definition, and a REST tool's call with it."""
+    """Pin what was last listed: the definition, and a REST tool's call with it (the
+    caller saves, with ``_PINNED_FIELDS`` among what it saves)."""
     tool.pinned_definition = tool.discovered_definition
     tool.pinned_rest = tool.rest
     tool.status = McpTool.Status.APPROVED
     tool.approved_at = now
-    tool.save(update_fields=["pinned_definition", "pinned_rest", "status", "approved_at"])
 
 
 @transaction.atomic
@@ -694,6 +697,7 @@ def mcp_server_approve(*, server: McpServer) -> McpServer:
     tools = list(server.tools.exclude(status=McpTool.Status.REMOVED))
     for tool in tools:
         _pin(tool, now)
+        tool.save(update_fields=_PINNED_FIELDS)
     server.approved_at = now
     server.save(update_fields=["approved_at", "updated_at"])
     audit.record(
@@ -714,6 +718,7 @@ def mcp_tool_approve(*, tool: McpTool) -> McpTool:
     if tool.status == McpTool.Status.REMOVED:
         raise ValidationError(f"{tool.name} is gone from the server: there is nothing to pin.")
     _pin(tool, timezone.now())
+    tool.save(update_fields=_PINNED_FIELDS)
     audit.record("mcp_tool.approve", tool, server=tool.server_id, flagged=bool(tool.flags))
     product_refresh_search_document(product=tool.server.product)
     gateway_changed()
@@ -936,9 +941,8 @@ def rest_tool_save(
     if not created and tool.pinned_definition is not None and pinned != (definition, call):
         tool.changed_at = now
     tool.discovered_definition, tool.rest = definition, call
-    tool.pinned_definition, tool.pinned_rest = definition, call
+    _pin(tool, now)
     tool.flags = [finding.as_json() for finding in scan_tool(definition)]
-    tool.status, tool.approved_at = McpTool.Status.APPROVED, now
     tool.full_clean()
     tool.save()
     audit.record(

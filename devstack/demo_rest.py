@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 import orjson
 import uvicorn
 
-from devstack.fakes._asgi import Receive, Scope, Send, read_body, respond
+from devstack.fakes._asgi import Receive, Scope, Send, json_object, read_body, respond
 
 _JSON = [(b"content-type", b"application/json")]
 _NOTE = re.compile(r"^/notes/(\d+)$")
@@ -279,7 +279,7 @@ class DemoRest:
         return 200, {"notes": notes[:limit], "total": len(notes)}
 
     def create_note(self, body: bytes) -> tuple[int, Any]:
-        data = _json_object(body)
+        data = json_object(body)
         title = data.get("title") if data else None
         if not isinstance(title, str) or not title.strip() or len(title) > 200:
             return 400, {"error": "A note needs a title of 1 to 200 characters."}
@@ -294,7 +294,7 @@ class DemoRest:
         item = self.store.items.get(sku)
         if item is None:
             return 404, {"error": f"There is no item {sku}."}
-        data = _json_object(body) or {}
+        data = json_object(body) or {}
         quantity = data.get("quantity")
         if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= 100:
             return 400, {"error": "quantity is a whole number from 1 to 100."}
@@ -307,14 +307,6 @@ class DemoRest:
             "left": item["stock"],
             "note": data.get("note", ""),
         }
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 async def _reply(send: Send, status: int, body: object) -> None:

@@ -98,8 +98,9 @@ def looks_like_token(value: bytes) -> bool:
     return value.startswith(_HEADER.encode() + b".") and value.count(b".") == 2
 
 
-def verify(key: bytes, token: str, *, audience: str, now: float) -> AccessToken:
-    """The grant a token carries, if it is genuine, unexpired and for ``audience``."""
+def verify(key: bytes, token: str, *, audience: str | None, now: float) -> AccessToken:
+    """The grant a token carries, if it is genuine, unexpired and for ``audience``
+    (``None``: for whichever audience it names; the portal revoking a token it issued)."""
     header, _, rest = token.partition(".")
     payload, _, signature = rest.partition(".")
     if header != _HEADER or not payload or not signature:
@@ -132,6 +133,6 @@ def verify(key: bytes, token: str, *, audience: str, now: float) -> AccessToken:
         raise TokenError("access token has a malformed claim")
     if expires_at <= now:
         raise TokenError("access token has expired")
-    if granted_audience != audience:
+    if audience is not None and granted_audience != audience:
         raise TokenError("access token was issued for another resource")
     return AccessToken(consumer, grant, granted_audience, client_id, scope, expires_at)

@@ -393,8 +393,8 @@ class Gateway:
         """The applied revision, if any (``gateway.mcp.server.Host``)."""
         return self.store.current
 
-    def authenticate(self, call: Call, key: bytes | None) -> tuple[AppliedRevision, Consumer]:
-        """The applied revision and the key's consumer; raises 503 or 401 otherwise."""
+    def applied(self) -> AppliedRevision:
+        """The applied revision; raises 503 when there is none yet."""
         revision = self.store.current
         if revision is None:
             raise ApiError(
@@ -403,6 +403,11 @@ class Gateway:
                 type="server_error",
                 code="gateway_not_ready",
             )
+        return revision
+
+    def authenticate(self, call: Call, key: bytes | None) -> tuple[AppliedRevision, Consumer]:
+        """The applied revision and the key's consumer; raises 503 or 401 otherwise."""
+        revision = self.applied()
         if not key:
             raise ApiError(
                 401,

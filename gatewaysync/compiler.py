@@ -30,6 +30,7 @@ from catalog.models import (
     Upstream,
     UpstreamCredential,
 )
+from catalog.openapi import rest_call_from_json
 from consumers.models import Consumer, Credential, Subscription
 from gateway import schema
 from gateway.secrets import GatewayKeys
@@ -273,7 +274,7 @@ def _compile_mcp(server: McpServer) -> schema.McpServer:
     for a REST tool without its call, and would relay a REST tool to an MCP server).
     """
     approved = server.approved_at is not None
-    rest = server.upstream.vendor == schema.REST_VENDOR
+    rest = server.is_rest
     tools = []
     for tool in getattr(server, "served_tools", []):
         call = _pinned_rest_call(tool) if rest else None
@@ -300,8 +301,8 @@ def _pinned_rest_call(tool: McpTool) -> schema.RestCall | None:
     if tool.pinned_rest is None:
         return None
     try:
-        return msgspec.convert(tool.pinned_rest, schema.RestCall)
-    except msgspec.ValidationError:
+        return rest_call_from_json(tool.pinned_rest)
+    except ValueError:
         logger.warning(
             "REST tool %s (id %s) has a pinned call that does not decode", tool.name, tool.pk
         )

@@ -63,10 +63,6 @@ class ConsentApp:
     products: list[ConsentProduct] = field(default_factory=list)
 
 
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
 def consent_apps(*, user: User, product: Product | None) -> list[ConsentApp]:
     """The user's own usable apps with an approved subscription to ``product`` (to any
     published MCP product when ``None``), each with the tools it would reach: the
@@ -93,15 +89,9 @@ def consent_apps(*, user: User, product: Product | None) -> list[ConsentApp]:
         .filter(server__product_id__in={sub.product_id for sub in rows})
         .select_related("server")
     ):
-        definition = tool.pinned_definition or {}
-        annotations = definition.get("annotations")
-        title = _text(definition.get("title")) or _text(
-            annotations.get("title") if isinstance(annotations, dict) else None
-        )
+        title, description = tool.served_summary()
         tools.setdefault(tool.server.product_id, []).append(
-            ConsentTool(
-                name=tool.name, title=title, description=_text(definition.get("description"))
-            )
+            ConsentTool(name=tool.name, title=title, description=description)
         )
     apps: dict[int, ConsentApp] = {}
     for sub in rows:

@@ -264,14 +264,13 @@ def mcp_tools_for(*, target: McpTarget) -> list[PlaygroundTool]:
     tools = []
     for tool in listing.tools:
         if target.allows(tool.name):
-            schema = json.loads(tool.input_schema)
             tools.append(
                 PlaygroundTool(
                     name=tool.name,
                     title=tool.title,
                     description=tool.description,
                     input_schema=tool.input_schema,
-                    schema=schema if isinstance(schema, dict) else {},
+                    schema=tool.schema if isinstance(tool.schema, dict) else {},
                 )
             )
     return tools

@@ -123,7 +123,6 @@ _FIND_TOOLS_DEFINITION: dict[str, Any] = {
     },
     "annotations": {"readOnlyHint": True, "openWorldHint": False},
 }
-_CALLS = frozenset({"tools/call", "prompts/get", "resources/read"})
 _CACHEABLE = frozenset(
     {
         "server/discover",
@@ -172,6 +171,8 @@ class Host(Protocol):
     def authenticate(self, call: Any, key: bytes | None) -> tuple[Any, Consumer]: ...
 
     def current(self) -> Any: ...
+
+    def applied(self) -> Any: ...
 
     async def read_body(self, receive: Receive, declared: bytes | None) -> bytes: ...
 
@@ -315,7 +316,7 @@ class McpService:
                 return 202, None, []
             raise RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a string.")
         call.route = f"mcp.{name}"[:64]
-        revision, subscriptions, principal = self._authorize(call, scope, headers, slug)
+        revision, subscriptions, principal = self._authorize(call, headers, slug)
         params = message.get("params", {})
         if params is None:
             params = {}
@@ -382,7 +383,7 @@ class McpService:
         the stream. Accepting first matters: clients of this transport send their
         POSTs one at a time, so a call waiting for the client's answer to a request of
         the gateway's (``_ask_client``) would otherwise wait for ever."""
-        _, _, principal = self._authorize(call, scope, headers, slug)
+        _, _, principal = self._authorize(call, headers, slug)
         try:
             version = await self.sessions.check(stream_id, principal, slug or "*")
         except SessionError:
@@ -425,7 +426,7 @@ class McpService:
     ) -> None:
         """A legacy (2024-11-05) SSE stream: where to POST, then every reply."""
         call.route = "mcp.sse"
-        _, _, principal = self._authorize(call, scope, headers, slug)
+        _, _, principal = self._authorize(call, headers, slug)
         stream_id = self.sessions.open(principal, slug or "*", SESSION_VERSIONS[0])
         queue = await self.hub.open(stream_id)
         gone = asyncio.create_task(_disconnected(receive))
@@ -453,7 +454,7 @@ class McpService:
                 item = waiting.result()
                 if item is None:
                     break
-                await _event(send, b"event: message\r\ndata: " + item + b"\r\n\r\n")
+                await _event(send, _sse_message(item))
             if not gone.done():
                 await send({"type": "http.response.body", "body": b""})
         finally:
@@ -462,15 +463,11 @@ class McpService:
             await self.sessions.end(stream_id)
 
     def _authorize(
-        self,
-        call: Call,
-        scope: Scope,
-        headers: dict[bytes, bytes],
-        slug: str | None,
+        self, call: Call, headers: dict[bytes, bytes], slug: str | None
     ) -> tuple[Any, dict[str, Subscription], int]:
         """The revision, the caller's subscriptions and the principal sessions are bound
         to (the key, or the OAuth grant)."""
-        revision, consumer, principal = self._authenticate(call, scope, headers, slug)
+        revision, consumer, principal = self._authenticate(call, headers, slug)
         products = revision.mcp.products
         if slug is not None:
             product = products.get(slug)
@@ -489,7 +486,7 @@ class McpService:
         return revision, consumer.subscriptions, principal
 
     def _authenticate(
-        self, call: Call, scope: Scope, headers: dict[bytes, bytes], slug: str | None
+        self, call: Call, headers: dict[bytes, bytes], slug: str | None
     ) -> tuple[Any, Consumer, int]:
         """The revision, the consumer of the request's key (bearer or ``x-api-key``) or
         OAuth access token, and the principal."""
@@ -515,9 +512,7 @@ class McpService:
     ) -> tuple[Any, Consumer, int]:
         """The revision, consumer and principal of an OAuth access token minted by the
         portal for this endpoint (``gateway.access_tokens``)."""
-        revision = self.host.current()
-        if revision is None:
-            raise ApiError(503, "The gateway has no configuration yet; try again shortly.")
+        revision = self.host.applied()
         oauth = revision.doc.oauth
         refused = ApiError(
             401, "Invalid access token: it is unknown, expired, revoked or for another endpoint."
@@ -577,7 +572,7 @@ class McpService:
     async def _delete(
         self, call: Call, scope: Scope, send: Send, slug: str | None, headers: dict[bytes, bytes]
     ) -> None:
-        _, _, principal = self._authenticate(call, scope, headers, slug)
+        _, _, principal = self._authenticate(call, headers, slug)
         await self._session(headers, slug or "*", principal)
         await self.sessions.end(headers[b"mcp-session-id"].decode("latin-1"))
         call.status = 200
@@ -623,9 +618,9 @@ class McpService:
         if method == "tools/list":
             listed = _listed_tools(products, subscriptions, aggregate)
             if aggregate:
-                query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("q")
-                if query and query[0].strip():
-                    listed = self._ranked(listed, query[0], _limit(scope))
+                query = _query(scope, "q")
+                if query and query.strip():
+                    listed = self._ranked(listed, query, _limit(scope))
                 listed.append(_FIND_TOOLS_DEFINITION)
             return {"tools": listed}
         if method == "prompts/list":
@@ -847,7 +842,7 @@ class McpService:
     ) -> None:
         """A client's answer to a request the gateway sent it (``_ask_client``): to the
         call waiting for it, wherever that is, if the same caller sent both."""
-        _, _, principal = self._authorize(call, scope, headers, slug)
+        _, _, principal = self._authorize(call, headers, slug)
         ask_id = message.get("id")
         if isinstance(ask_id, str) and ask_id.startswith(_ASK_PREFIX):
             with contextlib.suppress(StreamGone):
@@ -950,7 +945,12 @@ class _Relay:
 
 
 def _message_event(message: dict[str, Any]) -> bytes:
-    return b"event: message\r\ndata: " + orjson.dumps(message) + b"\r\n\r\n"
+    return _sse_message(orjson.dumps(message))
+
+
+def _sse_message(data: bytes) -> bytes:
+    """An SSE ``message`` event carrying ``data`` (one line of JSON)."""
+    return b"event: message\r\ndata: " + data + b"\r\n\r\n"
 
 
 def _error_reply(err: RpcError, request_id: Any, modern: bool) -> tuple[int, dict[str, Any]]:
@@ -1284,9 +1284,9 @@ def _instructions(products: list[ServedProduct], aggregate: bool) -> str:
 
 
 def _limit(scope: Scope) -> int:
-    raw = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("limit")
+    raw = _query(scope, "limit")
     try:
-        return max(1, min(int(raw[0]), 100)) if raw else FIND_TOOLS_LIMIT
+        return max(1, min(int(raw), 100)) if raw else FIND_TOOLS_LIMIT
     except ValueError:
         return FIND_TOOLS_LIMIT
 

@@ -160,14 +160,20 @@ class McpUpstreams:
         await self._post(product, server, "notifications/initialized", None, modern=False)
 
     async def _headers(self, product: ServedProduct, server: _Server) -> dict[str, str]:
-        headers = {"Accept": _ACCEPT, "Content-Type": "application/json"}
+        return {
+            "Accept": _ACCEPT,
+            "Content-Type": "application/json",
+            **await self._credential(product, server),
+        }
+
+    async def _credential(self, product: ServedProduct, server: _Server) -> dict[str, str]:
+        """The header carrying the upstream's own credential (none for ``query``)."""
         options = product.upstream.options
         style = auth_style(options, product.secret)
         if product.secret is None or style not in REST_AUTH_STYLES or style == "query":
-            return headers
+            return {}
         credential = await self._token(product, server) if style == "oauth2" else product.secret
-        headers.update(credential_headers(style, options, credential))
-        return headers
+        return credential_headers(style, options, credential)
 
     async def call_rest(
         self, product: ServedProduct, tool: ServedTool, arguments: dict[str, Any]
@@ -180,11 +186,7 @@ class McpUpstreams:
         request = build_request(call, product.upstream.base_url, arguments)
         server = self._server(product)
         # The upstream's credential last, so that no argument can stand in for it.
-        credential = {
-            name: value
-            for name, value in (await self._headers(product, server)).items()
-            if name not in ("Accept", "Content-Type")
-        }
+        credential = await self._credential(product, server)
         taken = {name.lower() for name in credential}
         headers = {k: v for k, v in request.headers.items() if k.lower() not in taken}
         headers.update(credential)
