@@ -36,8 +36,10 @@ Targets:
 
 The gateways also run the policy scenarios (``POLICY_SCENARIOS``): the full policy
 chain with a plan's limits counted on every call, and Anthropic's ``/v1/messages``
-converted to the OpenAI-wire mock, streaming and not; and ``mcp-tool``, the same chat
-completion made by an MCP client as a REST-to-MCP ``tools/call`` on ``/mcp/bench-tools``.
+converted to the OpenAI-wire mock, streaming and not; ``mcp-tool``, the same chat
+completion made by an MCP client as a REST-to-MCP ``tools/call`` on ``/mcp/bench-tools``;
+and ``a2a-rest``, the same completion made by an A2A client as a ``SendMessage`` to a
+REST agent wrapping the mock's chat endpoint (``/agents/bench-agent``).
 
 Writes ``bench/results/<date>.md`` and prints its summary table.
 """
@@ -94,6 +96,10 @@ POLICY_SCENARIOS = {
 # turned into a tool result).
 MCP_PRODUCT = "bench-tools"
 MCP_TOOL = "complete"
+# "a2a-rest": the same chat completion as an A2A v1.0 SendMessage to a REST agent whose
+# call template posts the message's text to the mock (ids wrapped, the reply selected
+# and turned into an agent message).
+AGENT_PRODUCT = "bench-agent"
 # Limits that are counted on every call and never refuse one in a run.
 BENCH_LIMITS = schema.Plan(
     id=2,
@@ -295,6 +301,49 @@ def mcp_call(model: str) -> tuple[dict[str, object], dict[str, str]]:
     return body, headers
 
 
+def agent_product(
+    keys: GatewayKeys, mock_url: str, upstream_key: str
+) -> tuple[dict[str, schema.Upstream], schema.Product]:
+    """The agent product of the "a2a-rest" scenario: a REST agent posting the message's
+    text to the mock's chat completions and answering with the reply."""
+    upstream = schema.Upstream(
+        vendor="rest-agent", base_url=mock_url, secret=keys.seal(upstream_key), name="mock-agent"
+    )
+    call = schema.RestAgentCall(
+        path="/chat/completions",
+        request={"model": "mock", "messages": [{"role": "user", "content": "{{text}}"}]},
+        reply="choices.0.message.content",
+    )
+    product = schema.Product(
+        id=3,
+        slug=AGENT_PRODUCT,
+        kind="agent",
+        agent=schema.AgentProduct(
+            card={"name": "Bench agent", "description": "", "version": "1", "skills": []},
+            targets=[schema.AgentTarget(upstream="mock-agent", rest=call)],
+            health_check_seconds=0,
+        ),
+    )
+    return {"mock-agent": upstream}, product
+
+
+def agent_call() -> tuple[dict[str, object], dict[str, str]]:
+    """An A2A v1.0 ``SendMessage`` to the scenario's agent, and its headers."""
+    body: dict[str, object] = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {
+            "message": {
+                "messageId": "bench-1",
+                "role": "ROLE_USER",
+                "parts": [{"text": "Say something short."}],
+            }
+        },
+    }
+    return body, {"A2A-Version": "1.0"}
+
+
 def run_wrk(
     wrk: str, url: str, script: Path, connections: int, duration: int, server_pid: int | list[int]
 ) -> Run:
@@ -476,11 +525,14 @@ def proxy_suite(args: argparse.Namespace) -> str:
         # App 2 runs under limits (the policy scenarios' key); app 1 may call the MCP
         # product too.
         mcp_upstreams, tools = mcp_product(keys, f"http://127.0.0.1:{mock_port}/v1", upstream_key)
+        agent_upstreams, agent = agent_product(
+            keys, f"http://127.0.0.1:{mock_port}/v1", upstream_key
+        )
         free = schema.Plan(id=1, name="Bench")
         doc = msgspec.structs.replace(
             doc,
-            upstreams={**doc.upstreams, **mcp_upstreams},
-            products={**doc.products, MCP_PRODUCT: tools},
+            upstreams={**doc.upstreams, **mcp_upstreams, **agent_upstreams},
+            products={**doc.products, MCP_PRODUCT: tools, AGENT_PRODUCT: agent},
             consumers={
                 **doc.consumers,
                 "1": schema.Consumer(
@@ -488,6 +540,7 @@ def proxy_suite(args: argparse.Namespace) -> str:
                     subscriptions={
                         "bench": schema.Subscription(id=1, plan=free),
                         MCP_PRODUCT: schema.Subscription(id=3, plan=free),
+                        AGENT_PRODUCT: schema.Subscription(id=4, plan=free),
                     },
                 ),
                 "2": schema.Consumer(
@@ -665,36 +718,63 @@ def proxy_suite(args: argparse.Namespace) -> str:
                     body["stream"] = True
                 script = tmp / f"{target}-{scenario}.lua"
                 wrk_script(script, body, limited_key if limited else app_key)
-                run_wrk(wrk, url, script, 10, 1, pid)  # warm-up
-                result = Result(target, scenario, 50)
-                for _ in range(args.runs):
-                    result.runs.append(run_wrk(wrk, url, script, 50, args.duration, pid))
-                results.append(result)
-                print(_line(result), flush=True)
+                results.append(measure(wrk, target, scenario, url, script, pid, args))
+        mcp_body, mcp_headers = mcp_call("mock")
+        a2a_body, a2a_headers = agent_call()
+        product_scenarios = (
+            # name, path, body, headers, whether a probe's answer shows a completed call
+            (
+                "mcp-tool",
+                f"/mcp/{MCP_PRODUCT}",
+                mcp_body,
+                mcp_headers,
+                lambda answer: answer.get("result", {}).get("isError") is False,
+            ),
+            (
+                "a2a-rest",
+                f"/agents/{AGENT_PRODUCT}",
+                a2a_body,
+                a2a_headers,
+                lambda answer: "message" in answer.get("result", {}),
+            ),
+        )
         for target in ("gateway", "gateway-local"):
             if target not in wanted or target not in targets:
                 continue
-            url, pid, _ = targets[target]
-            url = url.replace("/v1/chat/completions", f"/mcp/{MCP_PRODUCT}")
-            body, headers = mcp_call("mock")
-            # A JSON-RPC error is a 200 too: make sure the call really completes.
-            probe = httpx.post(
-                url, json=body, headers={**headers, "Authorization": f"Bearer {app_key}"}
-            ).json()
-            if probe.get("result", {}).get("isError") is not False:
-                raise SystemExit(f"the mcp-tool scenario does not work: {probe}")
-            script = tmp / f"{target}-mcp-tool.lua"
-            wrk_script(script, body, app_key, headers)
-            run_wrk(wrk, url, script, 10, 1, pid)  # warm-up
-            result = Result(target, "mcp-tool", 50)
-            for _ in range(args.runs):
-                result.runs.append(run_wrk(wrk, url, script, 50, args.duration, pid))
-            results.append(result)
-            print(_line(result), flush=True)
+            base_url, pid, _ = targets[target]
+            for scenario, path, body, headers, completed in product_scenarios:
+                url = base_url.replace("/v1/chat/completions", path)
+                # A JSON-RPC error is a 200 too: make sure the call really completes.
+                probe = httpx.post(
+                    url, json=body, headers={**headers, "Authorization": f"Bearer {app_key}"}
+                ).json()
+                if not completed(probe):
+                    raise SystemExit(f"the {scenario} scenario does not work: {probe}")
+                script = tmp / f"{target}-{scenario}.lua"
+                wrk_script(script, body, app_key, headers)
+                results.append(measure(wrk, target, scenario, url, script, pid, args))
     finally:
         stack.stop_all()
     print(summary(results))
     return render(results, args, usage_sink)
+
+
+def measure(
+    wrk: str,
+    target: str,
+    scenario: str,
+    url: str,
+    script: Path,
+    pid: int | list[int],
+    args: argparse.Namespace,
+) -> Result:
+    """A scenario at 50 connections: a second's warm-up, then ``args.runs`` runs."""
+    run_wrk(wrk, url, script, 10, 1, pid)
+    result = Result(target, scenario, 50)
+    for _ in range(args.runs):
+        result.runs.append(run_wrk(wrk, url, script, 50, args.duration, pid))
+    print(_line(result), flush=True)
+    return result
 
 
 def _listening(port: int) -> bool:
@@ -789,6 +869,7 @@ def summary(results: list[Result]) -> str:
         ("messages", "non-stream"),
         ("messages-stream", "stream-20"),
         ("mcp-tool", "non-stream"),
+        ("a2a-rest", "non-stream"),
     ):
         plain = _find(results, "gateway", base, 50)
         for target in ("gateway", "gateway-local"):

@@ -34,9 +34,12 @@ from catalog.forms import (
     rest_tool_initial,
 )
 from catalog.models import (
+    AUTH_STYLES,
     MAX_TAG_LENGTH,
     MAX_TAGS,
     OPTION_KEYS,
+    Agent,
+    AgentTarget,
     Category,
     McpServer,
     McpTool,
@@ -49,6 +52,7 @@ from catalog.models import (
     validate_vendor_secret,
 )
 from catalog.openapi import rest_call_from_json
+from catalog.rest_agents import REST_AGENT_PRESETS, rest_agent_preset
 from gatewaysync.admin import GatewayChangeAdmin
 from portal.models import Portal
 
@@ -66,12 +70,13 @@ def write_only_secret(help_text: str, *, required: bool = False) -> forms.CharFi
 OPTION_LABELS = {
     "api_version": "API version (Azure OpenAI)",
     "region": "Region (AWS Bedrock)",
-    "auth": "Auth (MCP server, REST service)",
+    "auth": "Auth (MCP server, REST service, agents)",
     "header": "Header (auth=header)",
     "token_url": "Token URL (auth=oauth2)",
     "client_id": "Client ID (auth=oauth2)",
     "scope": "Scope (auth=oauth2, optional)",
     "param": "Query parameter (REST, auth=query)",
+    "username": "Username (agents, auth=basic)",
 }
 OPTION_PLACEHOLDERS = {
     "api_version": "2024-10-21",
@@ -81,6 +86,7 @@ OPTION_PLACEHOLDERS = {
     "client_id": "portico-gateway",
     "scope": "mcp",
     "param": "api_key",
+    "username": "portico",
 }
 MCP_AUTH_CHOICES = [
     ("", "default: bearer when a secret is set, else none"),
@@ -88,6 +94,7 @@ MCP_AUTH_CHOICES = [
     ("header", "header: the secret in the header below"),
     ("oauth2", "oauth2: client credentials; the secret is the client secret"),
     ("query", "query (REST service only): the secret in the query parameter below"),
+    ("basic", "basic (agents only): HTTP basic auth, the username below, the secret as password"),
 ]
 
 
@@ -187,12 +194,7 @@ class UpstreamForm(forms.ModelForm):
             )
         auth = (cleaned.get("options") or {}).get("auth")
         keeps_secret = self.instance.has_secret and not cleaned.get("clear_secret")
-        if (
-            vendor in (Upstream.Vendor.MCP, Upstream.Vendor.REST)
-            and auth
-            and not secret
-            and not keeps_secret
-        ):
+        if vendor in AUTH_STYLES and auth and not secret and not keeps_secret:
             self.add_error("secret", f"auth={auth} sends a secret: enter it here.")
         return cleaned
 
@@ -284,8 +286,12 @@ class UpstreamAdmin(GatewayChangeAdmin):
         elif form.cleaned_data.get("secret"):
             services.upstream_set_secret(upstream=obj, secret=form.cleaned_data["secret"])
         elif change and {"base_url", "options", "timeout_seconds"} & set(form.changed_data):
-            # Somewhere else, or another credential style: its servers may list otherwise.
+            # Somewhere else, or another credential style: its servers may list otherwise,
+            # and its agents' cards may differ.
             services.mcp_servers_schedule_discovery(servers=obj.mcp_servers.all())
+            services.agents_schedule_refresh(
+                agents=Agent.objects.filter(targets__upstream=obj).distinct()
+            )
 
     def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
         if formset.model is not UpstreamCredential:
@@ -567,6 +573,37 @@ class McpServerInline(admin.StackedInline):
         return _server_summary(obj)
 
 
+class AgentInline(admin.StackedInline):
+    """An agent product's agent: routing and limits. Its targets (versions), with what
+    their cards say and their health, are on the agent's own page (the link)."""
+
+    model = Agent
+    extra = 1
+    max_num = 1
+    fields = ["affinity", "requests_per_minute", "health_check_seconds", "skills", "targets"]
+    readonly_fields = ["targets"]
+    show_change_link = True
+    verbose_name_plural = "Agent (its targets are added on its own page)"
+
+    @admin.display(description="Targets")
+    def targets(self, obj: Agent) -> str:
+        if obj.pk is None:
+            return "Save, then add the agent's targets on its page (the link above)."
+        return _targets_summary(obj)
+
+
+def _targets_summary(agent: Agent) -> str:
+    rows = list(agent.targets.select_related("upstream"))
+    if not rows:
+        return "No targets yet: nothing is served."
+    health = dict(AgentTarget.Health.choices)
+    return "; ".join(
+        f"{target} ({target.upstream.get_vendor_display()}, weight {target.weight}): "
+        f"{health[target.health].lower()}"
+        for target in rows
+    )
+
+
 @admin.register(Product)
 class ProductAdmin(GatewayChangeAdmin):
     form = ProductForm
@@ -592,20 +629,28 @@ class ProductAdmin(GatewayChangeAdmin):
             },
         ),
     ]
-    inlines = [ModelRouteInline, PlanInline, McpServerInline]
+    inlines = [ModelRouteInline, PlanInline, McpServerInline, AgentInline]
     actions = ["retire"]
 
     def get_inline_instances(self, request, obj=None):  # type: ignore[no-untyped-def]
-        # The MCP server belongs to MCP products only; a new product shows it once saved
-        # as one (its kind is chosen on the same form).
+        # The MCP server belongs to MCP products only, the agent to agent products; a
+        # new product shows its own once saved as one (its kind is chosen on the same
+        # form).
+        kinds: dict[type[admin.options.InlineModelAdmin[Any, Any]], str] = {
+            McpServerInline: Product.Kind.MCP,
+            AgentInline: Product.Kind.AGENT,
+        }
         return [
             inline
             for inline in super().get_inline_instances(request, obj)
-            if not isinstance(inline, McpServerInline)
-            or (obj is not None and obj.kind == Product.Kind.MCP)
+            if type(inline) not in kinds or (obj is not None and obj.kind == kinds[type(inline)])
         ]
 
     def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
+        if formset.model is Agent:
+            # Its served card follows its skills; the search document follows that.
+            services.agents_schedule_refresh(agents=formset.save())
+            return None
         if formset.model is not McpServer:
             return super().save_formset(request, form, formset, change)
         saved = formset.save()
@@ -1319,3 +1364,138 @@ class McpToolAdmin(GatewayChangeAdmin):
     @admin.action(description="Approve (pin the discovered definition and serve it)")
     def approve(self, request: HttpRequest, queryset: QuerySet[McpTool]) -> None:
         _approve_tools(request, queryset.select_related("server__product"))
+
+
+# Agents -----------------------------------------------------------------------------------
+
+PRESET_CHOICES = [
+    ("", "none: write the REST call below"),
+    *((name, name) for name in REST_AGENT_PRESETS),
+]
+
+
+class AgentTargetForm(forms.ModelForm):
+    preset = forms.ChoiceField(
+        label="REST call preset",
+        choices=PRESET_CHOICES,
+        required=False,
+        help_text="REST agents: fills in an empty REST call (openai-chat: an OpenAI-style "
+        "chat completions API, then set the model; webhook: POSTs {message, session} and "
+        "reads reply).",
+    )
+
+    class Meta:
+        model = AgentTarget
+        fields = ["upstream", "name", "weight", "position", "rest"]
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        preset = cleaned.get("preset")
+        if preset and cleaned.get("rest") is None:
+            cleaned["rest"] = rest_agent_preset(preset)
+        return cleaned
+
+
+class AgentTargetInline(admin.StackedInline):
+    """The agent's targets; what the last card fetch and health check found is read-only."""
+
+    model = AgentTarget
+    form = AgentTargetForm
+    extra = 0
+    fields = [
+        ("upstream", "name", "weight", "position"),
+        "preset",
+        "rest",
+        "card_summary",
+        ("interface_url", "protocol_version", "streaming"),
+        ("health", "last_checked_at"),
+        "last_error",
+    ]
+    readonly_fields = [
+        "card_summary",
+        "interface_url",
+        "protocol_version",
+        "streaming",
+        "health",
+        "last_checked_at",
+        "last_error",
+    ]
+    verbose_name_plural = "Targets (versions), in order; A2A cards are fetched on save"
+
+    @admin.display(description="Card")
+    def card_summary(self, obj: AgentTarget) -> str:
+        if obj.pk is None or obj.is_rest:
+            return "—"
+        return obj.card_summary or "Not fetched yet."
+
+
+@admin.register(Agent)
+class AgentAdmin(GatewayChangeAdmin):
+    list_display = ["product", "affinity", "requests_per_minute", "target_count", "unhealthy"]
+    list_select_related = ["product"]
+    search_fields = ["product__name", "product__slug"]
+    inlines = [AgentTargetInline]
+    actions = ["fetch_cards_now"]
+    fields = [
+        "product",
+        "affinity",
+        "requests_per_minute",
+        "health_check_seconds",
+        "skills",
+        "served_card",
+    ]
+    readonly_fields = ["served_card"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Agent]:
+        # The counts come with the list query, not from queries per row.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                target_count=Count("targets"),
+                unhealthy_count=Count(
+                    "targets", filter=Q(targets__health=AgentTarget.Health.UNHEALTHY)
+                ),
+            )
+        )
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "product"] if obj is not None else fields
+
+    @admin.display(description="Targets", ordering="target_count")
+    def target_count(self, obj: Agent) -> int:
+        return getattr(obj, "target_count", 0)
+
+    @admin.display(description="Unhealthy", ordering="unhealthy_count")
+    def unhealthy(self, obj: Agent) -> int:
+        return getattr(obj, "unhealthy_count", 0)
+
+    @admin.display(description="Card served (the gateway puts its own interfaces in)")
+    def served_card(self, obj: Agent) -> SafeString | str:
+        if obj.pk is None:
+            return "—"
+        return _json_block(services.agent_served_card(agent=obj))
+
+    def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
+        super().save_formset(request, form, formset, change)
+        if formset.model is AgentTarget and (formset.new_objects or formset.changed_objects):
+            # A new target, or one moved to another upstream: fetch its card.
+            services.agents_schedule_refresh(agents=[form.instance])
+
+    def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
+        super().save_related(request, form, formsets, change)
+        # The served card (a target removed, skills edited) is what the search matches.
+        services.product_refresh_search_document(product=form.instance.product)
+
+    @admin.action(description="Fetch agent cards now (and check REST agents)")
+    def fetch_cards_now(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        agents = list(queryset)
+        services.agents_schedule_refresh(agents=agents)
+        self.message_user(
+            request,
+            f"Checking {len(agents)} agent{'s' if len(agents) != 1 else ''}; reload in a few "
+            "seconds.",
+            messages.INFO,
+        )

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
-import httpx
 import httpx2
 import orjson
 from mcp import Client, MCPError
@@ -37,8 +34,15 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import METHOD_NOT_FOUND, Implementation
 
+from catalog.upstream_auth import (
+    UpstreamAuthError,
+    check_egress,
+    upstream_auth_headers,
+)
+from catalog.upstream_auth import network_reason as _network_reason
+from catalog.upstream_auth import origin as _origin
+from catalog.upstream_auth import redact as _redact
 from gateway.egress import EgressError, EgressPolicy
-from gateway.mcp.upstream import auth_style, credential_headers
 from gateway.schema import MCP_AUTH_STYLES
 
 logger = logging.getLogger(__name__)
@@ -116,91 +120,22 @@ async def discover_async(endpoint: Endpoint, *, seconds: float) -> Discovery:
 
 
 async def _check_egress(endpoint: Endpoint, url: str) -> None:
-    """Refuse ``url`` before connecting when the egress policy does.
-
-    The SDK's client resolves the name again when it connects, so this is check then
-    connect: it stops a URL that points inside, not a name re-pointed in that instant.
-    """
     try:
-        await endpoint.egress.check_url_async(url)
-    except EgressError as exc:
-        raise DiscoveryError(f"Not connected: {exc}") from None
-
-
-# Credentials -----------------------------------------------------------------------------
+        await check_egress(endpoint.egress, url)
+    except UpstreamAuthError as exc:
+        raise DiscoveryError(str(exc)) from None
 
 
 async def _auth_headers(
     endpoint: Endpoint, *, seconds: float, secrets: list[str]
 ) -> dict[str, str]:
-    """The headers carrying the backend credential, as the gateway will send them: with
-    no auth option, a secret goes as a bearer token."""
-    auth = auth_style(endpoint.options, endpoint.secret)
-    if not auth:
-        return {}
-    if not endpoint.secret:
-        raise DiscoveryError(
-            f"The upstream's auth is {auth} but it has no secret: set the secret on the upstream."
-        )
-    if auth not in MCP_AUTH_STYLES:
-        raise DiscoveryError(f"Unknown auth style {auth!r}: use bearer, header or oauth2.")
-    credential = endpoint.secret
-    if auth == "oauth2":
-        await _check_egress(endpoint, endpoint.options["token_url"])
-        credential = await fetch_client_credentials_token(
-            token_url=endpoint.options["token_url"],
-            client_id=endpoint.options["client_id"],
-            client_secret=endpoint.secret,
-            scope=endpoint.options.get("scope", ""),
-            seconds=seconds,
-        )
-        secrets.append(credential)
-    return credential_headers(auth, endpoint.options, credential)
-
-
-async def fetch_client_credentials_token(
-    *, token_url: str, client_id: str, client_secret: str, scope: str, seconds: float
-) -> str:
-    """An access token from an OAuth 2.0 client-credentials grant (RFC 6749 §4.4).
-
-    The client credentials go in the form body (``client_secret_post``), as the gateway
-    sends them (gateway/mcp/upstream.py): discovery must succeed exactly when the
-    gateway's calls will. Redirects are not followed: the secret goes to ``token_url``.
-    """
-    form = {
-        "grant_type": "client_credentials",
-        "client_id": client_id,
-        "client_secret": client_secret,
-        **({"scope": scope} if scope else {}),
-    }
+    """The headers carrying the backend credential, as the gateway will send them."""
     try:
-        async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as client:
-            response = await client.post(
-                token_url, data=form, headers={"Accept": "application/json"}
-            )
-    except httpx.TimeoutException:
-        raise DiscoveryError(
-            f"The token endpoint ({_origin(token_url)}) did not answer in time."
-        ) from None
-    except httpx.HTTPError as exc:
-        raise DiscoveryError(
-            f"Could not reach the token endpoint ({_origin(token_url)}): {_network_reason(exc)}."
-        ) from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code != 200:
-        code = body.get("error") if isinstance(body, dict) else None
-        said = f" ({code})" if isinstance(code, str) and re.fullmatch(r"[\w.-]{1,64}", code) else ""
-        raise DiscoveryError(
-            f"The token endpoint refused the client credentials: HTTP {response.status_code}"
-            f"{said}. Check the client_id option and the upstream's secret (the client secret)."
+        return await upstream_auth_headers(
+            endpoint, styles=MCP_AUTH_STYLES, seconds=seconds, secrets=secrets
         )
-    token = body.get("access_token") if isinstance(body, dict) else None
-    if not isinstance(token, str) or not token:
-        raise DiscoveryError("The token endpoint's answer has no access_token.")
-    return token
+    except UpstreamAuthError as exc:
+        raise DiscoveryError(str(exc)) from None
 
 
 # Listing ---------------------------------------------------------------------------------
@@ -420,29 +355,3 @@ def _explain(exc: BaseException, endpoint: Endpoint, statuses: list[int], second
             return f"HTTP error talking to the server ({type(leaf).__name__})."
     kinds = ", ".join(sorted({type(leaf).__name__ for leaf in leaves}))
     return f"Discovery failed ({kinds}). Check that the URL is an MCP endpoint."
-
-
-def _network_reason(exc: BaseException) -> str:
-    text = str(exc).lower()
-    if "refused" in text or "all connection attempts failed" in text:
-        return "connection refused (is the server running, and is the port right?)"
-    if "name or service not known" in text or "nodename" in text or "getaddrinfo" in text:
-        return "the host name does not resolve"
-    if "certificate" in text or "ssl" in text or "tls" in text:
-        return "the TLS handshake failed (certificate?)"
-    return f"network error ({type(exc).__name__})"
-
-
-def _origin(url: str) -> str:
-    """``host[:port]`` of ``url``: names the server without user info, path or query."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{host}:{parts.port}" if parts.port else host
-
-
-def _redact(message: str, secrets: Sequence[str]) -> str:
-    """Defence in depth: no credential survives in a message, whatever quoted it."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            message = message.replace(secret, "[redacted]")
-    return message

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,11 +20,16 @@ from catalog.openapi import (
     rest_call_from_json,
     rest_tool_problems,
 )
+from catalog.rest_agents import rest_agent_call_from_json
 from gateway.egress import EgressError, EgressPolicy, HostNotFound
 from gateway.schema import (
+    A2A_VENDOR,
+    AGENT_AUTH_STYLES,
+    AGENT_VENDORS,
     MCP_AUTH_STYLES,
     MCP_VENDOR,
     NON_MODEL_VENDORS,
+    REST_AGENT_VENDOR,
     REST_AUTH_STYLES,
     REST_VENDOR,
 )
@@ -58,12 +65,23 @@ def validate_tags(value: object) -> None:
 # (gateway.schema.Upstream): ``auth`` is bearer, header (``header`` names it) or oauth2
 # (a client-credentials grant at ``token_url`` as ``client_id``, optional ``scope``);
 # without one, the gateway sends a secret as a bearer token. A REST service's may also
-# be query: the secret in the query parameter ``param`` (default api_key).
+# be query: the secret in the query parameter ``param`` (default api_key). An agent's
+# (either vendor) may also be basic: HTTP basic auth as ``username``, the secret the password.
+_AUTH_OPTIONS = frozenset({"auth", "header", "token_url", "client_id", "scope"})
 VENDOR_OPTIONS: dict[str, frozenset[str]] = {
     "azure_openai": frozenset({"api_version"}),
     "bedrock": frozenset({"region"}),
-    MCP_VENDOR: frozenset({"auth", "header", "token_url", "client_id", "scope"}),
-    REST_VENDOR: frozenset({"auth", "header", "token_url", "client_id", "scope", "param"}),
+    MCP_VENDOR: _AUTH_OPTIONS,
+    REST_VENDOR: _AUTH_OPTIONS | {"param"},
+    A2A_VENDOR: _AUTH_OPTIONS | {"username"},
+    REST_AGENT_VENDOR: _AUTH_OPTIONS | {"username"},
+}
+# The auth styles each vendor with a credential of its own takes (``options["auth"]``).
+AUTH_STYLES: dict[str, tuple[str, ...]] = {
+    MCP_VENDOR: MCP_AUTH_STYLES,
+    REST_VENDOR: REST_AUTH_STYLES,
+    A2A_VENDOR: AGENT_AUTH_STYLES,
+    REST_AGENT_VENDOR: AGENT_AUTH_STYLES,
 }
 OPTION_KEYS = (
     "api_version",
@@ -74,6 +92,7 @@ OPTION_KEYS = (
     "client_id",
     "scope",
     "param",
+    "username",
 )
 # Headers the MCP transport or HTTP itself owns: a credential header must not replace them.
 RESERVED_HEADERS = frozenset(
@@ -203,6 +222,10 @@ class Upstream(models.Model):
         # plain REST service whose operations the gateway serves as MCP tools.
         MCP = MCP_VENDOR, "MCP server"
         REST = REST_VENDOR, "REST service (REST-to-MCP tools)"
+        # Agents: an A2A agent (base_url is where its card is fetched from, the agent's
+        # base URL or the card's own URL) and a plain HTTP agent the gateway wraps as A2A.
+        A2A = A2A_VENDOR, "A2A agent"
+        REST_AGENT = REST_AGENT_VENDOR, "REST agent (wrapped as A2A)"
 
     name = models.CharField(
         max_length=120,
@@ -216,7 +239,9 @@ class Upstream(models.Model):
         validators=[_http_url],
         help_text="The API base, e.g. https://api.openai.com/v1; for an MCP server its "
         "endpoint, e.g. https://mcp.example.com/mcp (the SSE URL for the legacy transport); "
-        "for a REST service the base its tools' paths follow, e.g. https://api.example.com/v2. "
+        "for a REST service the base its tools' paths follow, e.g. https://api.example.com/v2; "
+        "for an A2A agent its base URL (the card is at /.well-known/agent-card.json under it) or "
+        "the card's URL (ending in .json); for a REST agent the base its call's path follows. "
         "It must be a public address unless PORTICO_EGRESS_ALLOW allows it.",
     )
     # Envelope-encrypted (catalog/crypto.py); never rendered back to anyone.
@@ -231,7 +256,7 @@ class Upstream(models.Model):
         validators=[validate_options],
         help_text="api_version for Azure OpenAI; region for AWS Bedrock; auth (and header, "
         "token_url, client_id, scope) for an MCP server; the same, or auth=query with param, "
-        "for a REST service.",
+        "for a REST service; the same, or auth=basic with username, for an agent.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -297,23 +322,31 @@ class Upstream(models.Model):
                     "AWS Bedrock needs a region, e.g. us-east-1: set it here, or use a base "
                     "URL that names it (https://bedrock-runtime.us-east-1.amazonaws.com)."
                 )
-        if self.vendor in (MCP_VENDOR, REST_VENDOR):
-            errors.extend(mcp_auth_errors(options, rest=self.vendor == REST_VENDOR))
+        if self.vendor in AUTH_STYLES:
+            errors.extend(auth_option_errors(options, vendor=self.vendor))
         return errors
 
 
-def mcp_auth_errors(options: dict[str, str], *, rest: bool = False) -> list[str]:
-    """What is wrong with an MCP server's (or, ``rest``, a REST service's) auth options
-    (see ``VENDOR_OPTIONS``)."""
+def auth_option_errors(options: dict[str, str], *, vendor: str) -> list[str]:
+    """What is wrong with the auth options of an upstream of ``vendor``, one of
+    ``AUTH_STYLES`` (an MCP server, a REST service, an agent; see ``VENDOR_OPTIONS``).
+    Options the vendor does not take at all are ``Upstream.option_errors``' to report."""
     auth = options.get("auth", "")
-    styles = REST_AUTH_STYLES if rest else MCP_AUTH_STYLES
+    styles = AUTH_STYLES[vendor]
     if auth and auth not in styles:
         return [
             f"The auth option is one of {', '.join(styles)} (empty: bearer when the "
             f"upstream has a secret), not {auth!r}."
         ]
     errors: list[str] = []
-    param = options.get("param") if rest else None  # others take none (option_errors)
+    username = options.get("username") if "basic" in styles else None
+    if auth == "basic" and not username:
+        errors.append("HTTP basic auth needs the username option (the secret is the password).")
+    elif username and auth != "basic":
+        errors.append("The username option is only for auth=basic; remove it.")
+    elif username and ":" in username:
+        errors.append("A basic auth username cannot contain a colon.")
+    param = options.get("param") if "query" in styles else None
     if param and auth != "query":
         errors.append("The param option is only for auth=query; remove it.")
     elif param and not _QUERY_PARAM.match(param):
@@ -797,14 +830,20 @@ class McpToolQuerySet(models.QuerySet["McpTool"]):
         )
 
 
-def validate_rest_call(value: object) -> None:
-    """A REST call is stored as ``gateway.schema.RestCall`` encodes one."""
+def _check_decodes(value: object, decode: Callable[[object], object]) -> None:
+    """A stored call is null, or ``decode`` (which says why not with ``ValueError``)
+    reads it as the gateway will."""
     if value is None:
         return
     try:
-        rest_call_from_json(value)
+        decode(value)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
+
+
+def validate_rest_call(value: object) -> None:
+    """A REST call is stored as ``gateway.schema.RestCall`` encodes one."""
+    _check_decodes(value, rest_call_from_json)
 
 
 class McpTool(models.Model):
@@ -902,3 +941,202 @@ class McpTool(models.Model):
         upstream = self.server.upstream
         options: dict[str, Any] = upstream.options
         return CredentialPlace.of(options, upstream.has_secret)
+
+
+MAX_SKILLS = 50
+MAX_SKILLS_BYTES = 64 * 1024
+
+
+def validate_skills(value: object) -> None:
+    """A card's skills as the A2A AgentSkill objects: each has a text ``id``, ``name`` and
+    ``description``, and ``tags`` and ``examples`` are lists of text when present."""
+    if not isinstance(value, list) or not all(isinstance(skill, dict) for skill in value):
+        raise ValidationError("Skills are a list of objects: {id, name, description, tags}.")
+    if len(value) > MAX_SKILLS or len(json.dumps(value)) > MAX_SKILLS_BYTES:
+        raise ValidationError(
+            f"Keep to at most {MAX_SKILLS} skills and {MAX_SKILLS_BYTES // 1024} KiB."
+        )
+    ids: set[str] = set()
+    for number, skill in enumerate(value, start=1):
+        for key in ("id", "name", "description"):
+            text = skill.get(key)
+            if not isinstance(text, str) or not text.strip():
+                raise ValidationError(f"Skill {number} needs its {key}, a text.")
+        for key in ("tags", "examples", "inputModes", "outputModes"):
+            items = skill.get(key, [])
+            if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+                raise ValidationError(f"The {key} of skill {skill['id']!r} are a list of texts.")
+        if skill["id"] in ids:
+            raise ValidationError(f"Two skills have the id {skill['id']!r}.")
+        ids.add(skill["id"])
+
+
+def validate_rest_agent_call(value: object) -> None:
+    """A REST agent's call is stored as ``gateway.schema.RestAgentCall`` encodes one."""
+    _check_decodes(value, rest_agent_call_from_json)
+
+
+class Agent(models.Model):
+    """The agent behind an agent product: its targets (versions) and how traffic is
+    shared between them, the product's global rate limit, and the card it is served
+    with.
+
+    The served card (``served_card``) is the first A2A target's card as last fetched,
+    or, when every target is a REST agent, one the gateway makes from the product's
+    name and description and the ``skills`` an admin defines here. The gateway replaces
+    its interfaces and security scheme with its own (``gateway.a2a``).
+    """
+
+    class Affinity(models.TextChoices):
+        NONE = "none", "None: each call is routed by weight"
+        CONSUMER = "consumer", "Consumer: each app keeps to one target"
+
+    product = models.OneToOneField(
+        Product,
+        on_delete=models.CASCADE,
+        related_name="agent",
+        limit_choices_to={"kind": Product.Kind.AGENT},
+    )
+    affinity = models.CharField(
+        max_length=16,
+        choices=Affinity.choices,
+        default=Affinity.NONE,
+        help_text="Consumer: the weights set the share of apps each target gets, and an "
+        "app stays on its target while it is healthy (for a gray release by app).",
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        "global requests per minute",
+        null=True,
+        blank=True,
+        help_text="The product's limit, all apps together, on top of each plan's. Empty: none.",
+    )
+    health_check_seconds = models.FloatField(
+        default=30.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(MAX_SECONDS)],
+        help_text="How often each gateway process probes each target, ejecting a failing "
+        "one and bringing it back when it answers again. 0: only failed calls eject.",
+    )
+    # REST agents: the skills of the card the gateway makes (A2A AgentSkill objects:
+    # id, name, description, tags, examples).
+    skills = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_skills],
+        help_text="REST agents only: the card's skills, a list of {id, name, description, "
+        "tags, examples}. A2A agents' skills come from their card.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["product__name"]
+
+    def __str__(self) -> str:
+        return str(self.product) if self.product_id else "Agent"
+
+    def clean(self) -> None:
+        # The inline on a product's page leaves its product out of field validation.
+        if self.product_id is not None and self.product.kind != Product.Kind.AGENT:
+            raise ValidationError("Only a product of kind 'Agent' has an agent.")
+
+
+class AgentTarget(models.Model):
+    """One version of an agent: an upstream (vendor ``a2a`` or ``rest-agent``, which
+    holds its URL and the backend credential the gateway injects) and its weight.
+
+    For an A2A agent the card fetch (a Celery task, also run on a schedule) fills in
+    what its card says: ``card`` (in the v1.0 shape, whatever version the agent
+    speaks), the JSON-RPC ``interface_url`` and ``protocol_version`` the gateway uses,
+    and ``streaming``. For a REST agent, ``rest`` says how the gateway calls it
+    (``gateway.schema.RestAgentCall``). The health fields are the control plane's own
+    checks, for the portal; each gateway process checks for itself too.
+    """
+
+    class Health(models.TextChoices):
+        UNKNOWN = "unknown", "Not checked yet"
+        HEALTHY = "healthy", "Healthy"
+        UNHEALTHY = "unhealthy", "Unhealthy"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="targets")
+    upstream = models.ForeignKey(
+        Upstream,
+        on_delete=models.PROTECT,
+        related_name="agent_targets",
+        limit_choices_to={"vendor__in": sorted(AGENT_VENDORS)},
+        help_text="An upstream of vendor 'A2A agent' (its base URL the agent's, or its "
+        "card's, URL) or 'REST agent'; its secret and auth options are the backend "
+        "credential.",
+    )
+    name = models.CharField(
+        "version",
+        max_length=60,
+        blank=True,
+        help_text="A label such as v2, shown in x-portico-target; x-portico-upstream "
+        "pins a call to it.",
+    )
+    weight = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(MAX_WEIGHT)])
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order among the targets.")
+    rest = models.JSONField(
+        "REST call",
+        null=True,
+        blank=True,
+        validators=[validate_rest_agent_call],
+        help_text="REST agents only: {method, path, request, reply, reply_as} "
+        "(see the admin guide).",
+    )
+    # What the last card fetch found (A2A agents); never edited by hand.
+    card = models.JSONField(default=dict, blank=True, editable=False)
+    interface_url = models.CharField(max_length=2000, blank=True, editable=False)
+    protocol_version = models.CharField(max_length=8, blank=True, editable=False)
+    streaming = models.BooleanField(default=False, editable=False)
+    card_fetched_at = models.DateTimeField(null=True, blank=True, editable=False)
+    health = models.CharField(
+        max_length=16, choices=Health.choices, default=Health.UNKNOWN, editable=False
+    )
+    last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Why the last card fetch or health check failed; empty when it went well.
+    last_error = models.TextField(blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "position", "id"]
+        verbose_name = "agent target"
+        constraints = [
+            # The gateway keeps a target's health and its tasks' owner by its upstream.
+            models.UniqueConstraint(fields=["agent", "upstream"], name="agent_target_one_upstream")
+        ]
+
+    def __str__(self) -> str:
+        return self.name or (self.upstream.name if self.upstream_id else "target")
+
+    @property
+    def is_rest(self) -> bool:
+        return self.upstream_id is not None and self.upstream.vendor == REST_AGENT_VENDOR
+
+    def clean(self) -> None:
+        # An A2A agent is called as its card says; a REST agent as ``rest`` says, which
+        # it cannot do without.
+        if self.upstream_id is None:
+            return
+        if self.is_rest and self.rest is None:
+            raise ValidationError(
+                {
+                    "rest": "A REST agent needs its REST call: how the gateway sends it a "
+                    "message and where the reply is in its answer (start from a preset)."
+                }
+            )
+        if not self.is_rest and self.rest is not None:
+            raise ValidationError(
+                {"rest": "An A2A agent is called as its card says: leave the REST call empty."}
+            )
+
+    @property
+    def card_summary(self) -> str:
+        """The fetched card in a line: name, version, skills."""
+        card: dict[str, Any] = self.card or {}
+        if not card:
+            return ""
+        skills = [s.get("name", "") for s in card.get("skills", []) if isinstance(s, dict)]
+        return f"{card.get('name', '?')} {card.get('version', '')}".strip() + (
+            f"; skills: {', '.join(skills)}" if skills else "; no skills"
+        )

@@ -10,7 +10,7 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
-from catalog.models import Category, McpServer, McpTool, Product
+from catalog.models import Agent, AgentTarget, Category, McpServer, McpTool, Product
 from portal.models import Portal
 
 # A search is a handful of words; more only makes the query longer, not better.
@@ -156,3 +156,29 @@ def mcp_listing_for(*, product: Product) -> McpListing | None:
         resources=[r for r in server.resources if isinstance(r, dict)],
         resource_templates=[t for t in server.resource_templates if isinstance(t, dict)],
     )
+
+
+def agent_served_card(*, agent: Agent) -> dict[str, Any]:
+    """The card the gateway serves for ``agent`` (before it puts its own interfaces and
+    security in): the first A2A target's (by position) that has one; else one made from
+    the product and the agent's skills. Uses ``agent.targets`` as prefetched, if it is."""
+    targets = sorted(agent.targets.all(), key=lambda t: (t.position, t.pk))
+    return served_card(agent, targets)
+
+
+def served_card(agent: Agent, targets: Sequence[AgentTarget]) -> dict[str, Any]:
+    """:func:`agent_served_card` for ``targets`` (``agent``'s, in position order)."""
+    for target in targets:
+        if not target.is_rest and target.card:
+            card: dict[str, Any] = target.card
+            return card
+    product = agent.product
+    return {
+        "name": product.name,
+        "description": product.description or product.name,
+        "version": "1.0.0",
+        "capabilities": {"streaming": True},
+        "defaultInputModes": ["text/plain", "application/json"],
+        "defaultOutputModes": ["text/plain", "application/json"],
+        "skills": agent.skills,
+    }

@@ -8,6 +8,7 @@ write that changes a part of a product's search document refreshes it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,8 @@ from django.utils import timezone
 from catalog.crypto import decrypt_secret, encrypt_secret
 from catalog.mcp_scan import scan_tool, scan_value
 from catalog.models import (
+    Agent,
+    AgentTarget,
     Category,
     McpServer,
     McpTool,
@@ -46,6 +49,7 @@ from catalog.openapi import (
     rest_call_to_json,
     tools_from_openapi,
 )
+from catalog.selectors import agent_served_card, served_card
 from gateway.egress import EgressError
 from gateway.schema import RestCall
 from gatewaysync.services import gateway_changed
@@ -54,6 +58,8 @@ from portal.models import Portal
 
 if TYPE_CHECKING:
     from catalog.mcp_discovery import Discovery
+
+logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -91,8 +97,10 @@ def upstream_set_secret(*, upstream: Upstream, secret: str | None) -> Upstream:
     upstream.save(update_fields=["secret_ciphertext", "updated_at"])
     audit.record("upstream.secret_set" if secret else "upstream.secret_clear", upstream)
     gateway_changed()
-    # A new credential may open (or close) what an MCP server lists: look again.
+    # A new credential may open (or close) what an MCP server lists: look again; and
+    # an agent's card may need it.
     mcp_servers_schedule_discovery(servers=upstream.mcp_servers.all())
+    agents_schedule_refresh(agents=Agent.objects.filter(targets__upstream=upstream).distinct())
     return upstream
 
 
@@ -387,9 +395,9 @@ def _search_document(
     category_name: str,
     route_names: Iterable[str],
     tools: Iterable[McpTool] = (),
+    skills: Iterable[object] = (),
 ) -> str:
     # One lower-cased line per source: one column keeps serving every search term.
-    # (Agent skill names join here when that feature lands.)
     parts = [product.name, product.slug, product.description, category_name]
     parts.extend(tag for tag in product.tags if isinstance(tag, str))
     parts.extend(route_names)
@@ -397,7 +405,21 @@ def _search_document(
         description = (tool.pinned_definition or {}).get("description")
         parts.append(tool.name)
         parts.append(" ".join(description.split()) if isinstance(description, str) else "")
+    for skill in skills:  # an agent's, as its served card lists them
+        if not isinstance(skill, dict):
+            continue
+        tags = skill.get("tags")
+        texts = [skill.get("name"), skill.get("description")]
+        texts.extend(tags if isinstance(tags, list) else [])
+        parts.extend(" ".join(text.split()) for text in texts if isinstance(text, str))
     return "\n".join(part for part in parts if part).lower()
+
+
+def _served_skills(agent: Agent | None) -> list[object]:
+    if agent is None:
+        return []
+    skills = agent_served_card(agent=agent).get("skills")
+    return skills if isinstance(skills, list) else []
 
 
 @transaction.atomic
@@ -414,6 +436,9 @@ def product_refresh_search_document(*, product: Product) -> Product:
         category_name=category_name or "",
         route_names=route_names,
         tools=McpTool.objects.served().filter(server__product=product),
+        skills=_served_skills(
+            Agent.objects.filter(product=product).prefetch_related(_TARGETS).first()
+        ),
     )
     if document != product.search_document:
         product.search_document = document
@@ -429,9 +454,11 @@ def products_refresh_search_documents(*, products: Iterable[Product]) -> int:
     changed = []
     for product in (
         Product.objects.filter(pk__in=ids)
-        .select_related("category", "mcp_server")
+        .select_related("category", "mcp_server", "agent")
         .prefetch_related(
-            "model_routes", Prefetch("mcp_server__tools", queryset=McpTool.objects.served())
+            "model_routes",
+            Prefetch("mcp_server__tools", queryset=McpTool.objects.served()),
+            Prefetch("agent__targets", queryset=_TARGETS.queryset),
         )
     ):
         server = getattr(product, "mcp_server", None)
@@ -440,6 +467,7 @@ def products_refresh_search_documents(*, products: Iterable[Product]) -> int:
             category_name=product.category.name if product.category else "",
             route_names=[route.name for route in product.model_routes.all()],
             tools=server.tools.all() if server is not None else (),
+            skills=_served_skills(getattr(product, "agent", None)),
         )
         if document != product.search_document:
             product.search_document = document
@@ -954,3 +982,154 @@ def rest_tool_save(
     product_refresh_search_document(product=server.product)
     gateway_changed()
     return tool
+
+
+# Agents -----------------------------------------------------------------------------------
+
+# An agent's targets in their order, with the upstream that says what each one is.
+_TARGETS = Prefetch(
+    "targets",
+    queryset=AgentTarget.objects.select_related("upstream").order_by("position", "pk"),
+)
+
+
+@transaction.atomic
+def agent_create(
+    *,
+    product: Product,
+    affinity: str = Agent.Affinity.NONE,
+    requests_per_minute: int | None = None,
+    health_check_seconds: float = 30.0,
+    skills: Sequence[Mapping[str, Any]] = (),
+) -> Agent:
+    """Make ``product`` (of kind agent) an agent; its targets come with
+    :func:`agent_target_add`. ``skills`` are those of the card made for REST agents."""
+    agent = Agent(
+        product=product,
+        affinity=affinity,
+        requests_per_minute=requests_per_minute,
+        health_check_seconds=health_check_seconds,
+        skills=[dict(skill) for skill in skills],
+    )
+    agent.full_clean()
+    agent.save()
+    audit.record("agent.create", agent, product=product.pk)
+    product_refresh_search_document(product=product)
+    gateway_changed()
+    return agent
+
+
+@transaction.atomic
+def agent_target_add(
+    *,
+    agent: Agent,
+    upstream: Upstream,
+    name: str = "",
+    weight: int = 1,
+    position: int | None = None,
+    rest: Mapping[str, Any] | None = None,
+) -> AgentTarget:
+    """Add a version of ``agent`` (last, unless ``position``); an A2A agent's card is
+    fetched (a REST agent probed) after commit, and the gateway learns it then."""
+    if position is None:
+        position = AgentTarget.objects.filter(agent=agent).count()
+    target = AgentTarget(
+        agent=agent,
+        upstream=upstream,
+        name=name,
+        weight=weight,
+        position=position,
+        rest=None if rest is None else dict(rest),
+    )
+    target.full_clean()
+    target.save()
+    audit.record("agent.target_add", agent, target_id=target.pk, upstream=upstream.pk)
+    gateway_changed()
+    agents_schedule_refresh(agents=[agent])
+    return target
+
+
+def agents_schedule_refresh(*, agents: Iterable[Agent]) -> None:
+    """Refresh ``agents`` (:func:`agent_refresh`) in the background once the current
+    transaction commits."""
+    from catalog.tasks import agent_refresh_task
+
+    for pk in dict.fromkeys(agent.pk for agent in agents):
+        transaction.on_commit(partial(agent_refresh_task.delay, pk))
+
+
+def agent_target_refresh(*, target: AgentTarget) -> None:
+    """Check one target now and record what was found: its health, and for an A2A
+    agent its card (see ``catalog.agent_cards``).
+
+    A card that cannot be fetched or used (unreachable, refused, not JSON, not a card,
+    no JSON-RPC interface in a version Portico speaks, over 256 KiB...) makes the target
+    unhealthy with the reason in ``last_error``; the card fetched before stays, and
+    keeps being served: an agent down for a while must not lose its card. Never raises
+    for a bad agent. Blocks for up to the upstream's timeout (at most 30 seconds), in
+    no transaction: nothing is held while waiting on an agent.
+    """
+    # Imported here: the A2A SDK takes a while to import, which only this should pay.
+    from catalog.agent_cards import AgentEndpoint, CardError, fetch_card, probe
+
+    upstream = target.upstream
+    endpoint = AgentEndpoint(
+        url=upstream.base_url,
+        options=dict(upstream.options),
+        secret=decrypt_secret(upstream.secret_ciphertext) if upstream.has_secret else None,
+        egress=egress_policy(),
+    )
+    now = timezone.now()
+    values: dict[str, Any] = {"last_checked_at": now}
+    try:
+        if target.is_rest:
+            probe(endpoint, seconds=upstream.timeout_seconds)
+        else:
+            fetched = fetch_card(endpoint, seconds=upstream.timeout_seconds)
+            values.update(
+                card=fetched.card,
+                interface_url=fetched.interface_url,
+                protocol_version=fetched.protocol_version,
+                streaming=fetched.streaming,
+                card_fetched_at=now,
+            )
+    except CardError as exc:
+        values.update(health=AgentTarget.Health.UNHEALTHY, last_error=str(exc))
+    except Exception as exc:  # a bug here must not stop the other targets' checks
+        logger.exception("Checking agent target %s failed", target.pk)
+        values.update(
+            health=AgentTarget.Health.UNHEALTHY,
+            last_error=f"The check failed unexpectedly ({type(exc).__name__}); see the logs.",
+        )
+    else:
+        values.update(health=AgentTarget.Health.HEALTHY, last_error="")
+    for name, value in values.items():
+        setattr(target, name, value)
+    # An update, not a save: a target deleted meanwhile stays deleted.
+    AgentTarget.objects.filter(pk=target.pk).update(**values)
+
+
+def agent_refresh(*, agent: Agent) -> None:
+    """Check every target of ``agent`` (:func:`agent_target_refresh`), then publish a
+    revision if what the gateway serves changed (a card, an interface), and refresh the
+    product's search document with the card's skills."""
+    before = _agent_served_state(agent)
+    for target in AgentTarget.objects.filter(agent=agent).select_related("upstream"):
+        agent_target_refresh(target=target)
+    if _agent_served_state(agent) != before:
+        with transaction.atomic():
+            product_refresh_search_document(product=agent.product)
+            gateway_changed()
+
+
+def _agent_served_state(agent: Agent) -> tuple[Any, ...]:
+    """What of ``agent`` a refresh may change and the gateway serves, from the database."""
+    targets = list(
+        AgentTarget.objects.filter(agent=agent)
+        .select_related("upstream")
+        .order_by("position", "pk")
+    )
+    return (
+        served_card(agent, targets),
+        [(t.pk, t.interface_url, t.protocol_version, t.streaming) for t in targets],
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from catalog import services
-from catalog.models import McpServer, Product
+from catalog.models import Agent, McpServer, Product
 from gateway.schema import REST_VENDOR
 
 
@@ -30,4 +30,24 @@ def mcp_servers_refresh_task() -> int:
     )
     for pk in ids:
         mcp_server_discover_task.delay(pk)
+    return len(ids)
+
+
+@shared_task(name="catalog.agent_refresh")
+def agent_refresh_task(agent_id: int) -> None:
+    """Fetch an agent's cards and probe its REST targets (catalog.services)."""
+    agent = Agent.objects.select_related("product").filter(pk=agent_id).first()
+    if agent is not None:  # deleted since it was queued
+        services.agent_refresh(agent=agent)
+
+
+@shared_task(name="catalog.agents_refresh")
+def agents_refresh_task() -> int:
+    """Beat's periodic look at every agent that may be served, one task each, so a slow
+    or unreachable agent delays no other. A changed card is served from then on."""
+    ids = list(
+        Agent.objects.exclude(product__status=Product.Status.RETIRED).values_list("pk", flat=True)
+    )
+    for pk in ids:
+        agent_refresh_task.delay(pk)
     return len(ids)

@@ -69,6 +69,8 @@ PORTICO_MCP_REFRESH_SECONDS = env_int("PORTICO_MCP_REFRESH_SECONDS", 900, minimu
 PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS = env_int(
     "PORTICO_MCP_DISCOVERY_TIMEOUT_SECONDS", 30, minimum=1
 )
+# Agents: how often beat fetches every A2A agent's card again (and probes REST agents).
+PORTICO_AGENT_REFRESH_SECONDS = env_int("PORTICO_AGENT_REFRESH_SECONDS", 300, minimum=30)
 # MCP clients over OAuth (oauth/): how long a refresh token lasts unused. Each use
 # rotates it; access tokens live 15 minutes (gateway/access_tokens.py).
 PORTICO_OAUTH_REFRESH_TOKEN_DAYS = env_int("PORTICO_OAUTH_REFRESH_TOKEN_DAYS", 30, minimum=1)
@@ -306,6 +308,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "catalog.mcp_servers_refresh",
         "schedule": float(PORTICO_MCP_REFRESH_SECONDS),
         "options": {"expires": float(PORTICO_MCP_REFRESH_SECONDS)},
+    },
+    "agents-refresh": {
+        "task": "catalog.agents_refresh",
+        "schedule": float(PORTICO_AGENT_REFRESH_SECONDS),
+        "options": {"expires": float(PORTICO_AGENT_REFRESH_SECONDS)},
     },
 }
 if REDIS_URL:

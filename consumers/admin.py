@@ -100,6 +100,13 @@ class ToolNamesField(CommaSeparatedField):
 
 
 class SubscriptionForm(forms.ModelForm):
+    requests_per_minute = forms.IntegerField(
+        label="Requests per minute (this app)",
+        required=False,
+        min_value=1,
+        help_text="A limit for this app alone on this product, on top of its plan's. Empty: "
+        "the plan's only.",
+    )
     allowed_tools = ToolNamesField(
         required=False,
         help_text="MCP products only: comma-separated names of the tools this app may list "
@@ -108,7 +115,7 @@ class SubscriptionForm(forms.ModelForm):
 
     class Meta:
         model = Subscription
-        fields = ["consumer", "product", "plan", "allowed_tools"]
+        fields = ["consumer", "product", "plan", "allowed_tools", "requests_per_minute"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -145,11 +152,16 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         tools = form.cleaned_data.get("allowed_tools")
+        rpm = form.cleaned_data.get("requests_per_minute")
         if change:
             super().save_model(request, obj, form, change)
+            # Through the services: audited, and the gateway learns it.
             if "allowed_tools" in form.changed_data:
-                # Through the service: audited, and the gateway learns it.
                 services.subscription_set_allowed_tools(subscription=obj, tools=tools)
+            if "requests_per_minute" in form.changed_data:
+                services.subscription_set_requests_per_minute(
+                    subscription=obj, requests_per_minute=rpm
+                )
             return
         try:
             created = services.subscription_create(
@@ -157,6 +169,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
             )
             if tools is not None:
                 services.subscription_set_allowed_tools(subscription=created, tools=tools)
+            if rpm is not None:
+                services.subscription_set_requests_per_minute(
+                    subscription=created, requests_per_minute=rpm
+                )
         except ValidationError as exc:
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -92,6 +93,13 @@ class Subscription(models.Model):
         default=None,
         validators=[validate_tool_names],
         help_text="MCP products only: the tools this app may use. Empty: every tool.",
+    )
+    # An admin's limit for this one app on this product, on top of its plan's.
+    requests_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="A limit for this app alone, on top of the plan's. Empty: the plan's only.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)

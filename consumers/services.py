@@ -255,6 +255,25 @@ def subscription_set_allowed_tools(
     return subscription
 
 
+@transaction.atomic
+def subscription_set_requests_per_minute(
+    *, subscription: Subscription, requests_per_minute: int | None
+) -> Subscription:
+    """Limit this one app's calls to the product, on top of its plan's limit (``None``:
+    the plan's only). The gateway enforces it from the next revision."""
+    if requests_per_minute is not None and requests_per_minute < 1:
+        raise ValidationError(
+            {"requests_per_minute": "A limit is at least 1 request a minute (empty: none)."}
+        )
+    subscription.requests_per_minute = requests_per_minute
+    subscription.save(update_fields=["requests_per_minute"])
+    audit.record(
+        "subscription.requests_per_minute", subscription, requests_per_minute=requests_per_minute
+    )
+    gateway_changed()
+    return subscription
+
+
 def allowed_tools_errors(*, product: Product, names: Iterable[str]) -> list[str]:
     """Why ``names`` cannot be an allow-list of ``product``'s tools (empty: they can)."""
     if product.kind != Product.Kind.MCP:

@@ -1,8 +1,9 @@
 """``make run``: bring up the whole of Portico on the embedded defaults, with demo data.
 
-Migrates, seeds the demo (idempotent), starts the mock LLM, the demo MCP server and the
-demo REST service, discovers and approves the demo MCP product's tools and imports the
-REST service's OpenAPI document as the REST-to-MCP product's, starts the portal, a
+Migrates, seeds the demo (idempotent), starts the mock LLM, the demo MCP server, the
+demo REST service and the demo A2A agent, discovers and approves the demo MCP product's
+tools, imports the REST service's OpenAPI document as the REST-to-MCP product's and
+fetches the demo agent's card, starts the portal, a
 Celery worker and beat, and the gateway; waits until the demo key works through the
 gateway; prints how to use it and writes the same to ``var/demo.json``; then runs until
 Ctrl-C (or SIGTERM), when it stops every process and exits 0.
@@ -30,6 +31,7 @@ import httpx
 from devstack.portico import (
     Ports,
     start_beat,
+    start_demo_agent,
     start_demo_mcp,
     start_demo_rest,
     start_gateway,
@@ -74,7 +76,12 @@ def main() -> int:
     from django.conf import settings
     from django.core.management import call_command
 
-    from portal.demo import seed_demo, seed_demo_mcp_tools, seed_demo_rest_tools
+    from portal.demo import (
+        seed_demo,
+        seed_demo_agents,
+        seed_demo_mcp_tools,
+        seed_demo_rest_tools,
+    )
 
     ports = Ports(
         portal=_env_port("PORTICO_PORTAL_PORT", 8000),
@@ -82,15 +89,24 @@ def main() -> int:
         mock_llm=_env_port("PORTICO_MOCK_LLM_PORT", 9100),
         demo_mcp=_env_port("PORTICO_DEMO_MCP_PORT", 9200),
         demo_rest=_env_port("PORTICO_DEMO_REST_PORT", 9201),
+        demo_agent=_env_port("PORTICO_DEMO_AGENT_PORT", 9202),
     )
-    all_ports = (ports.portal, ports.gateway, ports.mock_llm, ports.demo_mcp, ports.demo_rest)
+    all_ports = (
+        ports.portal,
+        ports.gateway,
+        ports.mock_llm,
+        ports.demo_mcp,
+        ports.demo_rest,
+        ports.demo_agent,
+    )
     busy = [p for p in all_ports if port_in_use(p)]
     if busy:
         # Otherwise the readiness checks below would pass against whatever holds them.
         print(
             f"Port(s) {', '.join(map(str, busy))} are in use: is Portico already running? "
             "Stop it, or choose other ports with PORTICO_PORTAL_PORT, PORTICO_GATEWAY_PORT, "
-            "PORTICO_MOCK_LLM_PORT, PORTICO_DEMO_MCP_PORT and PORTICO_DEMO_REST_PORT.",
+            "PORTICO_MOCK_LLM_PORT, PORTICO_DEMO_MCP_PORT, PORTICO_DEMO_REST_PORT and "
+            "PORTICO_DEMO_AGENT_PORT.",
             file=sys.stderr,
         )
         return 1
@@ -105,6 +121,7 @@ def main() -> int:
         mock_llm_url=ports.mock_llm_url,
         demo_mcp_url=ports.demo_mcp_url,
         demo_rest_url=ports.demo_rest_url,
+        demo_agent_url=ports.demo_agent_url,
     )
 
     child_env = {
@@ -125,18 +142,21 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print(
-            "Starting the mock LLM, demo MCP server, demo REST service, portal, worker, beat "
-            "and gateway…",
+            "Starting the mock LLM, demo MCP server, demo REST service, demo agent, portal, "
+            "worker, beat and gateway…",
             flush=True,
         )
         start_mock_llm(stack, ports, require_key=seed.upstream_key)
         start_demo_mcp(stack, ports, require_key=seed.mcp_upstream_key)
         start_demo_rest(stack, ports, require_key=seed.rest_upstream_key)
+        start_demo_agent(stack, ports, require_key=seed.agent_upstream_key)
         # Discovered here, at once, rather than by the worker: the first revision then
         # already serves the demo tools. (Queued publishes wait for the worker below.)
         seed_demo_mcp_tools()
         # Imported from the running service's own OpenAPI document, the first time.
         seed_demo_rest_tools(openapi_url=f"{ports.demo_rest_url}/openapi.json")
+        # The agent's card, fetched now for the same reason.
+        seed_demo_agents()
         start_portal(stack, ports)
         start_worker(stack)
         start_beat(stack, str(var_dir / "celery" / "beat-schedule"))
@@ -182,6 +202,10 @@ def _announce(stack: Stack, ports: Ports, seed: DemoSeed, demo_file: Path, model
         "mcp_url": f"{ports.gateway_url}/mcp/{seed.products['mcp']}",
         "rest_mcp_product": seed.products["rest_mcp"],
         "rest_mcp_url": f"{ports.gateway_url}/mcp/{seed.products['rest_mcp']}",
+        "agent_product": seed.products["agent"],
+        "agent_url": f"{ports.gateway_url}/agents/{seed.products['agent']}",
+        "rest_agent_product": seed.products["rest_agent"],
+        "rest_agent_url": f"{ports.gateway_url}/agents/{seed.products['rest_agent']}",
         "logs": str(stack.log_dir),
     }
     demo_path = str(demo_file)
@@ -210,6 +234,9 @@ Call the demo model through the gateway with the demo key:
 
 The demo MCP server's tools, with the same key, in any MCP client: {demo["mcp_url"]}
 The demo REST service's API as MCP tools (REST-to-MCP), the same way: {demo["rest_mcp_url"]}
+The demo A2A agent (a trip planner), with the same key, in any A2A client: {demo["agent_url"]}
+  (its card: {demo["agent_url"]}/.well-known/agent-card.json)
+A plain chat endpoint served as an A2A agent, the same way: {demo["rest_agent_url"]}
 
 The same details are in {demo_path}; logs are in {demo["logs"]}.
 Press Ctrl-C to stop.

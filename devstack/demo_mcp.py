@@ -16,13 +16,13 @@ never reaches it). ``GET /healthz`` stays open for readiness checks.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
+from argparse import ArgumentParser, Namespace
 from collections.abc import Awaitable, Callable
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
@@ -140,8 +140,11 @@ def build_server() -> MCPServer:
     return server
 
 
-def with_key_and_health(app: ASGIApp, require_key: str | None) -> ASGIApp:
-    """``app`` behind a backend-credential check, with an open ``GET /healthz``."""
+def with_key_and_health(
+    app: ASGIApp, require_key: str | None, *, open_paths: frozenset[str] = frozenset()
+) -> ASGIApp:
+    """``app`` behind a backend-credential check, with an open ``GET /healthz`` (and
+    ``open_paths``, which need no key either)."""
     expected = f"Bearer {require_key}".encode() if require_key else None
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,7 +154,7 @@ def with_key_and_health(app: ASGIApp, require_key: str | None) -> ASGIApp:
         if scope["path"] == "/healthz":
             await respond(send, 200, b'{"status":"ok"}', _JSON)
             return
-        if expected is not None:
+        if expected is not None and scope["path"] not in open_paths:
             sent = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(sent, expected):
                 challenge = (b"www-authenticate", b'Bearer error="invalid_token"')
@@ -162,16 +165,36 @@ def with_key_and_health(app: ASGIApp, require_key: str | None) -> ASGIApp:
     return wrapped
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The demo MCP server of make run")
+def demo_parser(description: str, *, port: int, key_header: str = "bearer") -> ArgumentParser:
+    """The demo upstreams' command line: ``--host``, ``--port``, ``--require-key`` (sent
+    as ``key_header``) and ``--log-level``."""
+    parser = ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9200)
-    parser.add_argument("--require-key", help="answer 401 unless this bearer key is sent")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--require-key", help=f"answer 401 unless this {key_header} key is sent")
     parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_demo(app: ASGIApp, args: Namespace, *, lifespan: Literal["on", "off"] = "off") -> None:
+    """Serve a demo upstream as :func:`demo_parser`'s ``args`` say."""
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        lifespan=lifespan,
+        ws="none",
+        access_log=False,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = demo_parser("The demo MCP server of make run", port=9200).parse_args(argv)
     server = build_server()
     app = with_key_and_health(server.streamable_http_app(host=args.host), args.require_key)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # The SDK's session manager starts in the lifespan.
+    run_demo(app, args, lifespan="on")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ service checks the credential the gateway adds (the app's own key never reaches 
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import itertools
 import re
@@ -25,8 +24,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-import uvicorn
 
+from devstack.demo_mcp import demo_parser, run_demo
 from devstack.fakes._asgi import Receive, Scope, Send, json_object, read_body, respond
 
 _JSON = [(b"content-type", b"application/json")]
@@ -318,21 +317,9 @@ async def _reply(send: Send, status: int, body: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The demo REST service of make run")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9201)
-    parser.add_argument("--require-key", help="answer 401 unless this X-API-Key is sent")
-    parser.add_argument("--log-level", default="warning")
+    parser = demo_parser("The demo REST service of make run", port=9201, key_header="X-API-Key")
     args = parser.parse_args(argv)
-    uvicorn.run(
-        DemoRest(require_key=args.require_key),
-        host=args.host,
-        port=args.port,
-        lifespan="off",
-        ws="none",
-        access_log=False,
-        log_level=args.log_level,
-    )
+    run_demo(DemoRest(require_key=args.require_key), args)
 
 
 if __name__ == "__main__":

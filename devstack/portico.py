@@ -15,6 +15,7 @@ class Ports:
     mock_llm: int = 9100
     demo_mcp: int = 9200
     demo_rest: int = 9201
+    demo_agent: int = 9202
 
     @property
     def portal_url(self) -> str:
@@ -35,6 +36,10 @@ class Ports:
     @property
     def demo_rest_url(self) -> str:
         return f"http://127.0.0.1:{self.demo_rest}"
+
+    @property
+    def demo_agent_url(self) -> str:
+        return f"http://127.0.0.1:{self.demo_agent}"
 
 
 def _start_local_upstream(
@@ -65,6 +70,12 @@ def start_demo_mcp(stack: Stack, ports: Ports, *, require_key: str | None = None
 def start_demo_rest(stack: Stack, ports: Ports, *, require_key: str | None = None) -> Service:
     return _start_local_upstream(
         stack, "demo-rest", "devstack.demo_rest", ports.demo_rest, "/healthz", require_key
+    )
+
+
+def start_demo_agent(stack: Stack, ports: Ports, *, require_key: str | None = None) -> Service:
+    return _start_local_upstream(
+        stack, "demo-agent", "devstack.demo_agent", ports.demo_agent, "/healthz", require_key
     )
 
 

@@ -26,7 +26,12 @@ import aiohttp
 import orjson
 
 from gateway import __version__, anthropic, openai_responses, realtime
+from gateway.a2a.health import HealthProber
+from gateway.a2a.server import A2aService
+from gateway.a2a.tasks import TaskBook
+from gateway.a2a.upstream import AgentClient
 from gateway.admin import AdminListener
+from gateway.backend_auth import BackendAuth
 from gateway.cache import Directive, Entry, Recorder, cache_key, create_cache, directive
 from gateway.config import GatewaySettings
 from gateway.connector import EgressConnector
@@ -149,6 +154,8 @@ class Gateway:
         )
         self.mcp_streams = SseHub(self.mcp_sessions.redis)
         self.mcp: McpService | None = None
+        self.a2a: A2aService | None = None
+        self.agent_health: HealthProber | None = None
         self._max_body = settings.max_body_bytes
         self._instance_id = settings.instance_id
 
@@ -193,14 +200,24 @@ class Gateway:
             trust_env=False,
         )
         self.upstreams = Upstreams(self.session, self.router)
+        backend_auth = BackendAuth(self.session)
         self.mcp = McpService(
             self,
             self.mcp_sessions,
-            McpUpstreams(self.session),
+            McpUpstreams(self.session, backend_auth),
             token_key=settings.keys.token_key,
             hub=self.mcp_streams,
             allowed_origins=settings.allowed_origins,
         )
+        self.a2a = A2aService(
+            self,
+            AgentClient(self.session, backend_auth),
+            self.router,
+            settings.keys.seal_key,
+            TaskBook(self.mcp_sessions.redis),
+        )
+        self.agent_health = HealthProber(self, self.session, backend_auth, self.router)
+        self.agent_health.start()
         bound = await self.admin.start()
         self.heartbeater = Heartbeater(
             client=self.http,
@@ -225,6 +242,8 @@ class Gateway:
         if self.heartbeater is not None:
             await self.heartbeater.stop()
         await self.admin.stop()
+        if self.agent_health is not None:
+            await self.agent_health.stop()
         await self.usage.stop()
         if self.session is not None:
             await self.session.close()
@@ -246,6 +265,9 @@ class Gateway:
             return
         if path == "/mcp" or path.startswith("/mcp/"):
             await self._mcp(scope, receive, send, path)
+            return
+        if path.startswith("/agents/"):
+            await self._agents(scope, receive, send, path)
             return
         request_id = _request_id(_header(scope, b"x-request-id"))
         if scope["method"] == "GET" and path == "/healthz":
@@ -365,6 +387,39 @@ class Gateway:
             call.status = 499
         finally:
             self._record(call)
+
+    async def _agents(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """``/agents/<product>`` and below (``gateway.a2a.server``)."""
+        call = Call(_request_id(_header(scope, b"x-request-id")))
+        call.route = "a2a"
+        slug, _, rest = path[len("/agents/") :].partition("/")
+        pin = _header(scope, b"x-portico-upstream")
+        if pin is not None:
+            call.pin = pin.decode("latin-1")
+        try:
+            if self.a2a is None or not _SLUG.match(slug):
+                raise _unknown_url(scope["method"], path)
+            await self.a2a.serve(call, scope, receive, send, slug, rest and "/" + rest)
+        except ApiError as err:
+            call.status = err.status
+            await send_error(send, err, call.request_id)
+        except _ClientGone:
+            call.status = 499
+        except Exception:
+            log.exception("unexpected error serving request %s", call.request_id)
+            call.status = 500
+            with contextlib.suppress(RuntimeError):
+                await send_error(
+                    send,
+                    ApiError(500, "The gateway failed unexpectedly.", type="server_error"),
+                    call.request_id,
+                )
+        finally:
+            self._record(call)
+
+    def record_target(self, call: Call, label: str) -> None:
+        """Which target served the call, for its usage event (``gateway.a2a``)."""
+        call.outcome.target = label
 
     def _record(self, call: Call) -> None:
         self.usage.record(
@@ -673,24 +728,15 @@ class Gateway:
             return None
         decision = await self.limiter.acquire(str(subscription.id), limits, estimate())
         if not decision.allowed:
-            name = (decision.limit_name or "rate_limit").replace("_", " ")
-            wait = (
-                f" Retry after {max(1, int((decision.retry_after or 0) + 0.999))} second(s)."
-                if decision.retry_after is not None
-                else " The quota does not renew; ask the portal's administrators for more."
-            )
-            if decision.limit_name == "token_quota":
-                kind, code, what = "insufficient_quota", "insufficient_quota", "Quota"
-            else:
-                kind = "requests" if "request" in name else "tokens"
-                code, what = "rate_limit_exceeded", "Rate limit"
-            raise ApiError(
-                429,
-                f"{what} reached: your subscription's plan allows no more ({name}).{wait}",
-                type=kind,
-                code=code,
-                headers=decision.headers,
-            )
+            raise _refusal(decision, "your subscription's plan allows no more")
+        return decision
+
+    async def acquire_rate(self, key: str, per_minute: int) -> Decision:
+        """Count a request against a limit of ``per_minute`` under ``key`` (a product's
+        global limit, a subscription's own); raises 429 when over it."""
+        decision = await self.limiter.acquire(key, self._shaped((per_minute, None, None, None)), 1)
+        if not decision.allowed:
+            raise _refusal(decision, f"{per_minute} requests per minute")
         return decision
 
     async def settle(self, decision: Decision | None, tokens: int) -> None:
@@ -701,18 +747,23 @@ class Gateway:
             await asyncio.shield(self.limiter.settle(decision.ticket, tokens))
 
     def _limits_of(self, plan: Plan) -> Limits | None:
-        shape = (
-            plan.requests_per_minute,
-            plan.tokens_per_minute,
-            plan.tokens_per_day,
-            plan.token_quota,
+        limits = self._shaped(
+            (
+                plan.requests_per_minute,
+                plan.tokens_per_minute,
+                plan.tokens_per_day,
+                plan.token_quota,
+            )
         )
+        return None if limits.unlimited else limits
+
+    def _shaped(self, shape: tuple[int | None, ...]) -> Limits:
         limits = self._limits.get(shape)
         if limits is None:
             if len(self._limits) > 10_000:
                 self._limits.clear()
             limits = self._limits[shape] = Limits(*shape)
-        return None if limits.unlimited else limits
+        return limits
 
     def _headers_for(
         self, call: Call, decision: Decision | None
@@ -930,7 +981,8 @@ def _unknown_url(method: str, path: str) -> ApiError:
         404,
         f"Invalid URL ({method} {path[:200]}). This gateway serves GET /v1/models, "
         "POST /v1/chat/completions, /v1/responses, /v1/embeddings and /v1/messages, "
-        "the Realtime API at /v1/realtime, and MCP at /mcp and /mcp/<product>.",
+        "the Realtime API at /v1/realtime, MCP at /mcp and /mcp/<product>, and A2A "
+        "agents at /agents/<product>.",
         code="unknown_url",
     )
 
@@ -941,6 +993,28 @@ def _param_error(param: str, expected: str) -> ApiError:
         f"The request body needs '{param}' to be {expected}.",
         code="invalid_request_parameter",
         param=param,
+    )
+
+
+def _refusal(decision: Decision, what: str) -> ApiError:
+    """The 429 for a refused ``decision`` (``what`` says which limit)."""
+    name = (decision.limit_name or "rate_limit").replace("_", " ")
+    wait = (
+        f" Retry after {max(1, int((decision.retry_after or 0) + 0.999))} second(s)."
+        if decision.retry_after is not None
+        else " The quota does not renew; ask the portal's administrators for more."
+    )
+    if decision.limit_name == "token_quota":
+        kind, code, label = "insufficient_quota", "insufficient_quota", "Quota"
+    else:
+        kind = "requests" if "request" in name else "tokens"
+        code, label = "rate_limit_exceeded", "Rate limit"
+    return ApiError(
+        429,
+        f"{label} reached: {what} ({name}).{wait}",
+        type=kind,
+        code=code,
+        headers=decision.headers,
     )
 
 

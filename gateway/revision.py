@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import msgspec
 
+from gateway.a2a.index import AgentIndexError, ServedAgent, index_agents
 from gateway.mcp.index import McpIndex, McpIndexError, index_mcp
 from gateway.routing import Route, RouteError, index_routes
 from gateway.schema import (
@@ -141,6 +142,7 @@ class AppliedRevision:
     credentials: CredentialIndex = field(default_factory=CredentialIndex)
     doc_credentials: bool = False
     mcp: McpIndex = field(default_factory=McpIndex)
+    agents: dict[str, ServedAgent] = field(default_factory=dict)
 
     @property
     def number(self) -> int:
@@ -194,7 +196,8 @@ class _Assembly:
         self.models = _index_models(head, keys)
         try:
             self.mcp = index_mcp(head, keys)
-        except McpIndexError as exc:
+            self.agents = index_agents(head, keys)
+        except (McpIndexError, AgentIndexError) as exc:
             raise RevisionError(str(exc)) from exc
         self.consumers = consumers
         self.credentials = CredentialIndex()
@@ -226,11 +229,20 @@ class _Assembly:
     def result(self, doc: Revision | None = None) -> AppliedRevision:
         if doc is not None:
             return AppliedRevision(
-                doc, self.models, self.credentials, doc_credentials=True, mcp=self.mcp
+                doc,
+                self.models,
+                self.credentials,
+                doc_credentials=True,
+                mcp=self.mcp,
+                agents=self.agents,
             )
         doc = msgspec.structs.replace(self.head, consumers=self.consumers, credentials={})
         return AppliedRevision(
-            doc=doc, models=self.models, credentials=self.credentials, mcp=self.mcp
+            doc=doc,
+            models=self.models,
+            credentials=self.credentials,
+            mcp=self.mcp,
+            agents=self.agents,
         )
 
     async def discard(self, pacer: Pacer) -> None:
@@ -494,7 +506,12 @@ def apply_delta(current: AppliedRevision, delta: Delta) -> AppliedRevision:
     doc = msgspec.structs.replace(current.doc, **changes)
     # Products, upstreams and consumers are untouched, so the model index carries over.
     return AppliedRevision(
-        doc, current.models, index, doc_credentials=current.doc_credentials, mcp=current.mcp
+        doc,
+        current.models,
+        index,
+        doc_credentials=current.doc_credentials,
+        mcp=current.mcp,
+        agents=current.agents,
     )
 
 

@@ -37,6 +37,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from gateway.providers import adapter_for
 from gateway.providers.base import Adapter, Endpoint, FailureKind, UpstreamFailure
@@ -199,13 +200,21 @@ class Router:
         self._now = clock
 
     def state(self, target: RouteTarget) -> _TargetState:
-        state = self._targets.get(target.key)
+        return self.state_of(target.key)
+
+    def state_of(self, key: str) -> _TargetState:
+        """The record of the target ``key`` (agent targets use it directly)."""
+        state = self._targets.get(key)
         if state is None:
-            state = self._targets[target.key] = _TargetState()
+            state = self._targets[key] = _TargetState()
         return state
 
     def healthy(self, target: RouteTarget) -> bool:
         return self.state(target).out_until <= self._now()
+
+    def is_out(self, key: str) -> bool:
+        """Whether the target ``key`` is ejected now."""
+        return self.state_of(key).out_until > self._now()
 
     # Planning ---------------------------------------------------------------------------
 
@@ -248,9 +257,9 @@ class Router:
             # Unmeasured targets first, so every target gets measured.
             healthy.sort(key=lambda t: self.state(t).latency or 0.0)
         elif route.spec.affinity == "consumer" and consumer is not None:
-            healthy = _weighted_order(healthy, lambda t: _unit_hash(consumer, t.key))
+            healthy = weighted_order(healthy, lambda t: unit_hash(consumer, t.key))
         else:
-            healthy = _weighted_order(healthy, lambda _: self._rng.random())
+            healthy = weighted_order(healthy, lambda _: self._rng.random())
         ejected.sort(key=lambda t: self.state(t).out_until)
         return healthy + ejected
 
@@ -298,9 +307,29 @@ class Router:
             if state.latency is None
             else (state.latency + _EWMA * (elapsed - state.latency))
         )
+        self.target_up(attempt.target.key)
+
+    def target_up(self, key: str) -> None:
+        """The target ``key`` answered: its failure record is cleared and, if it was
+        ejected, it is back."""
+        state = self.state_of(key)
         state.failures = 0
         state.ejections = 0
         state.out_until = 0.0
+
+    def target_down(self, key: str) -> None:
+        """The target ``key`` failed (no answer, a server error, a timeout): after
+        :data:`EJECT_AFTER` in a row it is ejected for a cooldown that doubles with
+        each ejection in a row."""
+        state = self.state_of(key)
+        state.failures += 1
+        if state.failures >= EJECT_AFTER:
+            cooldown = min(EJECT_SECONDS * (2**state.ejections), EJECT_MAX_SECONDS)
+            state.out_until = self._now() + cooldown
+            state.ejections += 1
+            # Probed back in by the next call after the cooldown: one more failure
+            # ejects it again, for longer; a success clears the record.
+            state.failures = EJECT_AFTER - 1
 
     def failed(self, attempt: Attempt, failure: UpstreamFailure) -> None:
         """Record a failure: rest the credential or count towards ejecting the target."""
@@ -313,15 +342,7 @@ class Router:
         elif kind is FailureKind.AUTH:
             self._credentials_out[fingerprint] = now + CREDENTIAL_REFUSED_SECONDS
         elif kind in (FailureKind.SERVER, FailureKind.TIMEOUT, FailureKind.UNREACHABLE):
-            state = self.state(attempt.target)
-            state.failures += 1
-            if state.failures >= EJECT_AFTER:
-                cooldown = min(EJECT_SECONDS * (2**state.ejections), EJECT_MAX_SECONDS)
-                state.out_until = now + cooldown
-                state.ejections += 1
-                # Probed back in by the next call after the cooldown: one more failure
-                # ejects it again, for longer; a success clears the record.
-                state.failures = EJECT_AFTER - 1
+            self.target_down(attempt.target.key)
 
     def resting_for(self, target: RouteTarget) -> float | None:
         """Seconds until a credential of ``target`` is usable again (None: one is now)."""
@@ -331,9 +352,15 @@ class Router:
         return soonest if soonest > 0 else None
 
 
-def _weighted_order(
-    targets: list[RouteTarget], draw: Callable[[RouteTarget], float]
-) -> list[RouteTarget]:
+class Weighted(Protocol):
+    @property
+    def weight(self) -> int: ...
+
+
+_W = TypeVar("_W", bound=Weighted)
+
+
+def weighted_order(targets: list[_W], draw: Callable[[_W], float]) -> list[_W]:
     """An order in which heavier targets tend to come first (weight 0: last), from one
     uniform draw in [0, 1) per target."""
     keyed = []
@@ -349,7 +376,7 @@ def _weighted_order(
     return [target for _, target in keyed]
 
 
-def _unit_hash(consumer: int, key: str) -> float:
+def unit_hash(consumer: int, key: str) -> float:
     """A number in [0, 1) fixed by the consumer and the target, uniform across both."""
     digest = hashlib.blake2b(f"{consumer}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64

@@ -86,10 +86,14 @@ class ResponseCache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # Upstream vendors that are not model vendors: an MCP server (``base_url`` is its MCP
-# endpoint) and a plain REST service behind REST-to-MCP tools.
+# endpoint), a plain REST service behind REST-to-MCP tools, an A2A agent (``base_url``
+# is the URL its card was registered from) and a plain HTTP agent wrapped as A2A.
 MCP_VENDOR = "mcp"
 REST_VENDOR = "rest"
-NON_MODEL_VENDORS = frozenset({MCP_VENDOR, REST_VENDOR})
+A2A_VENDOR = "a2a"
+REST_AGENT_VENDOR = "rest-agent"
+AGENT_VENDORS = frozenset({A2A_VENDOR, REST_AGENT_VENDOR})
+NON_MODEL_VENDORS = frozenset({MCP_VENDOR, REST_VENDOR, *AGENT_VENDORS})
 # How an MCP upstream's own credential travels (``Upstream.options["auth"]``): a bearer
 # token, a named header (``options["header"]``), or an OAuth client-credentials grant
 # against ``options["token_url"]`` with ``options["client_id"]`` (the secret is the
@@ -97,6 +101,9 @@ NON_MODEL_VENDORS = frozenset({MCP_VENDOR, REST_VENDOR})
 MCP_AUTH_STYLES = ("bearer", "header", "oauth2")
 # A REST service may also take its key in a query parameter (``options["param"]``).
 REST_AUTH_STYLES = (*MCP_AUTH_STYLES, "query")
+# An agent (either vendor) may also take HTTP basic auth: ``options["username"]`` with
+# the secret as the password.
+AGENT_AUTH_STYLES = (*MCP_AUTH_STYLES, "basic")
 
 
 class RestArgument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -161,9 +168,75 @@ class McpServer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     instructions: str = ""
 
 
+class RestAgentCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the gateway calls a plain HTTP agent for one A2A message.
+
+    ``request`` is the JSON body sent, a template: any string in it that is exactly a
+    placeholder is replaced by the value (``"{{data}}"`` becomes the object), and
+    placeholders inside longer strings by their text. Placeholders: ``{{text}}`` (the
+    message's text parts, joined by newlines), ``{{data}}`` (its first data part, or
+    null), ``{{message_id}}``, ``{{context_id}}``, ``{{task_id}}`` (as the agent sees
+    them; empty when absent). ``method`` ``GET`` sends no body and puts ``request``'s
+    top-level fields in the query instead. ``reply`` is a dotted path into the JSON
+    answer (``choices.0.message.content``) to the reply: a string becomes a text part,
+    anything else a data part; empty: the whole answer. A non-JSON answer is text.
+    ``reply_as`` ``message`` answers with an agent Message; ``task`` with a completed
+    Task holding the reply as its artifact, which ``GetTask`` returns later.
+    """
+
+    method: Literal["POST", "PUT", "PATCH", "GET"] = "POST"
+    path: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    request: Any = None
+    reply: str = ""
+    reply_as: Literal["message", "task"] = "message"
+
+
+class AgentTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One version of an agent product: where it runs and its share of the traffic.
+
+    ``upstream`` names an upstream of vendor ``a2a`` or ``rest-agent`` (its credential
+    and auth style, its timeout). For ``a2a``, ``url`` is the JSON-RPC interface the
+    agent's card names and ``protocol_version`` what it speaks there (``1.0`` or
+    ``0.3``); the gateway translates. For ``rest-agent``, ``rest`` says how to call it
+    (``url`` is unused: the call goes to the upstream's base URL plus ``rest.path``).
+    ``name`` is the version's label (``v2``), shown in ``x-portico-target`` and
+    accepted, with the upstream's name, by ``x-portico-upstream`` pinning.
+    """
+
+    upstream: Name
+    weight: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    name: str = ""
+    url: str = ""
+    protocol_version: Literal["1.0", "0.3"] = "1.0"
+    streaming: bool = False
+    rest: RestAgentCall | None = None
+
+
+class AgentProduct(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An agent product: the card it is served with and the targets behind it.
+
+    ``card`` is the v1.0 AgentCard the gateway serves at
+    ``/agents/<product>/.well-known/agent-card.json`` (``name``, ``description``,
+    ``version``, ``skills``, ``defaultInputModes``...: the first target's card as
+    approved, or for a REST agent one made from the product). The gateway replaces its
+    interfaces, security and signatures with its own. ``affinity`` ``consumer`` keeps
+    each consumer on one target (rendezvous hashing by weight, as for model routes).
+    ``requests_per_minute`` is the product's global limit, all consumers together.
+    ``health_check_seconds`` is how often each gateway process probes each target (its
+    card URL, or for a REST agent its base URL) to eject and bring back targets; 0:
+    passive ejection only (failed calls).
+    """
+
+    card: dict[str, Any]
+    targets: list[AgentTarget]
+    affinity: Literal["none", "consumer"] = "none"
+    requests_per_minute: PositiveInt | None = None
+    health_check_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+
+
 class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A published product. ``models`` maps public model names to routes (kind "model");
-    ``mcp`` is set for kind "mcp"."""
+    ``mcp`` is set for kind "mcp", ``agent`` for kind "agent"."""
 
     id: PositiveInt
     slug: Name
@@ -171,6 +244,7 @@ class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: dict[str, ModelRoute] = {}
     cache: ResponseCache | None = None
     mcp: McpServer | None = None
+    agent: AgentProduct | None = None
 
 
 class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -192,6 +266,8 @@ class Subscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=F
     plan: Plan
     # MCP products: the only tools this subscription may list and call (``None``: all).
     tools: list[str] | None = None
+    # An admin's limit for this one consumer's subscription, on top of the plan's.
+    requests_per_minute: PositiveInt | None = None
 
 
 class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):

@@ -21,6 +21,8 @@ from django.utils import timezone
 
 from catalog.crypto import decrypt_secret
 from catalog.models import (
+    Agent,
+    AgentTarget,
     McpServer,
     McpTool,
     ModelRoute,
@@ -31,6 +33,8 @@ from catalog.models import (
     UpstreamCredential,
 )
 from catalog.openapi import rest_call_from_json
+from catalog.rest_agents import rest_agent_call_from_json
+from catalog.selectors import agent_served_card
 from consumers.models import Consumer, Credential, Subscription
 from gateway import schema
 from gateway.secrets import GatewayKeys
@@ -121,15 +125,20 @@ def compile_state() -> CompiledState:
     # Only served tools travel, with their pinned definitions: new ones wait for an
     # admin, and removed ones could only fail.
     served_tools = McpTool.objects.served()
+    agent_targets = AgentTarget.objects.select_related("upstream").order_by("position", "pk")
     products = list(
         Product.objects.filter(status=Product.Status.PUBLISHED)
-        .select_related("mcp_server__upstream")
+        .select_related("mcp_server__upstream", "agent")
         .prefetch_related(
             Prefetch("model_routes", queryset=routes),
             Prefetch("mcp_server__tools", queryset=served_tools, to_attr="served_tools"),
+            Prefetch("agent__targets", queryset=agent_targets),
         )
         .order_by("slug")
     )
+    compiled_agents = {
+        p.pk: _compile_agent(agent) for p in products if (agent := _agent_of(p)) is not None
+    }
     used_upstreams = {
         upstream_id
         for p in products
@@ -141,6 +150,9 @@ def compile_state() -> CompiledState:
     }
     used_upstreams.update(
         server.upstream_id for p in products if (server := _mcp_server_of(p)) is not None
+    )
+    used_upstreams.update(
+        int(target.upstream) for agent in compiled_agents.values() for target in agent.targets
     )
     pool = UpstreamCredential.objects.filter(enabled=True).exclude(secret_ciphertext="")
     upstreams: dict[str, schema.Upstream] = {}
@@ -182,6 +194,7 @@ def compile_state() -> CompiledState:
                 ttl_seconds=p.response_cache_ttl_seconds, shared=p.response_cache_shared
             ),
             mcp=_compile_mcp(server) if (server := _mcp_server_of(p)) is not None else None,
+            agent=compiled_agents.get(p.pk),
         )
         for p in products
     }
@@ -202,6 +215,9 @@ def compile_state() -> CompiledState:
                     id=sub.pk,
                     plan=_compile_plan(sub.plan),
                     tools=sub.allowed_tools if sub.product.kind == Product.Kind.MCP else None,
+                    # 0 is refused where it is set; were one stored, the gateway would
+                    # refuse the whole revision for it.
+                    requests_per_minute=sub.requests_per_minute or None,
                 )
                 for sub in consumer.approved
             },
@@ -306,6 +322,60 @@ def _pinned_rest_call(tool: McpTool) -> schema.RestCall | None:
         logger.warning(
             "REST tool %s (id %s) has a pinned call that does not decode", tool.name, tool.pk
         )
+        return None
+
+
+def _agent_of(product: Product) -> Agent | None:
+    """The agent of an agent product, if it has one yet (from the select_related)."""
+    if product.kind != Product.Kind.AGENT:
+        return None
+    return getattr(product, "agent", None)
+
+
+def _compile_agent(agent: Agent) -> schema.AgentProduct:
+    """What the gateway serves of an agent: the served card, and the targets it can
+    call, in order. An A2A target is callable once its card named a JSON-RPC interface;
+    a REST target when its call decodes (validated when saved, so only a schema change
+    could stop it). The others are left out rather than sent: the gateway would refuse
+    a whole revision, and every product with it, for one it cannot use."""
+    targets: list[schema.AgentTarget] = []
+    for target in agent.targets.all():
+        rest = None
+        if target.is_rest:
+            rest = _rest_agent_call(target)
+            if rest is None:
+                continue
+        elif not target.interface_url or target.protocol_version not in ("1.0", "0.3"):
+            continue
+        targets.append(
+            schema.AgentTarget(
+                upstream=str(target.upstream_id),
+                weight=target.weight,
+                name=target.name or target.upstream.name,
+                url="" if rest else target.interface_url,
+                protocol_version=cast(
+                    Literal["1.0", "0.3"], "1.0" if rest else target.protocol_version
+                ),
+                streaming=False if rest else target.streaming,
+                rest=rest,
+            )
+        )
+    return schema.AgentProduct(
+        card=agent_served_card(agent=agent),
+        targets=targets,
+        affinity=cast(Literal["none", "consumer"], agent.affinity),
+        requests_per_minute=agent.requests_per_minute,
+        health_check_seconds=agent.health_check_seconds,
+    )
+
+
+def _rest_agent_call(target: AgentTarget) -> schema.RestAgentCall | None:
+    if target.rest is None:
+        return None
+    try:
+        return rest_agent_call_from_json(target.rest)
+    except ValueError:
+        logger.warning("REST agent target %s has a call that does not decode", target.pk)
         return None
 
 

@@ -1,5 +1,6 @@
 """The demo data that ``make run`` seeds: a portal, a model product, an MCP product, a
-REST-to-MCP product, a developer and a key.
+REST-to-MCP product, an A2A agent product and a wrapped REST agent product, a developer
+and a key.
 
 Seeding is idempotent: run again, it finds what it made before and only issues a new
 demo key when the last one can no longer be used (its plaintext is only ever on disk
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +24,16 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from catalog import services as catalog_services
-from catalog.models import Category, McpServer, ModelRoute, Plan, Product, Upstream
+from catalog.models import (
+    Agent,
+    AgentTarget,
+    Category,
+    McpServer,
+    ModelRoute,
+    Plan,
+    Product,
+    Upstream,
+)
 from catalog.services import TargetSpec
 from consumers import services as consumer_services
 from consumers.models import Consumer, Credential, Subscription
@@ -37,6 +48,28 @@ DEMO_MCP_SLUG = "demo-tools"
 DEMO_MCP_UPSTREAM = "Demo MCP server"
 DEMO_REST_SLUG = "demo-rest-tools"
 DEMO_REST_UPSTREAM = "Demo REST service"
+DEMO_AGENT_SLUG = "demo-agent"
+DEMO_AGENT_UPSTREAM = "Demo A2A agent"
+DEMO_REST_AGENT_SLUG = "demo-rest-agent"
+DEMO_REST_AGENT_UPSTREAM = "Demo REST agent"
+# The wrapped REST agent is the mock LLM's chat endpoint (its base URL ends in /v1),
+# called with the "openai-chat" mapping; the mock answers whatever model it is asked.
+DEMO_REST_AGENT_CALL: dict[str, Any] = {
+    "method": "POST",
+    "path": "/chat/completions",
+    "request": {"model": "mock-agent", "messages": [{"role": "user", "content": "{{text}}"}]},
+    "reply": "choices.0.message.content",
+    "reply_as": "message",
+}
+DEMO_REST_AGENT_SKILLS: list[dict[str, Any]] = [
+    {
+        "id": "echo",
+        "name": "Echo",
+        "description": "Answers like the demo chat model: it repeats what you said.",
+        "tags": ["demo", "chat"],
+        "examples": ["Hello, agent", "Repeat after me: Portico"],
+    }
+]
 ADMIN_USERNAME = "admin"
 DEMO_GUIDE = """\
 Demo Chat answers like an OpenAI chat model but **echoes your last message**, so you can
@@ -76,6 +109,28 @@ request to the service, and its JSON answer the tool's result.
 
 The gateway calls the service with its own API key; your key never reaches it.
 """
+DEMO_AGENT_GUIDE = """\
+Trip Planner is an A2A agent: ask it for a trip ("Plan a weekend in Lisbon with 300
+USD") and it answers as a task, streaming its plan in pieces: the weather, what to pack
+and your budget in the local currency (made-up but stable data). Say "hello" and it
+answers with a plain message.
+
+1. Subscribe an app to this product and create a key for it.
+2. Point any A2A client at the agent card URL above, with your key as a bearer token,
+   or try it in the playground's Agents tab.
+
+Two versions of the agent share the traffic, 95 to 5 (the `x-portico-target` response
+header names the one that answered). The gateway calls the agent with its own
+credential; your key never reaches it.
+"""
+DEMO_REST_AGENT_GUIDE = """\
+Demo REST Agent is a plain HTTP chat endpoint (the demo's mock model) that the gateway
+serves as an A2A agent: each A2A message becomes one chat completion request, and the
+model's reply the agent's answer. It repeats what you say.
+
+1. Subscribe an app to this product and create a key for it.
+2. Use it as any A2A agent, with your key as a bearer token.
+"""
 
 
 @dataclass(frozen=True)
@@ -88,6 +143,7 @@ class DemoSeed:
     models: list[str]
     mcp_upstream_key: str = ""
     rest_upstream_key: str = ""
+    agent_upstream_key: str = ""
 
 
 def _private_file(path: Path) -> dict[str, str]:
@@ -103,14 +159,21 @@ def _write_private(path: Path, data: dict[str, str]) -> None:
 
 @transaction.atomic
 def seed_demo(
-    *, mock_llm_url: str, demo_mcp_url: str | None = None, demo_rest_url: str | None = None
+    *,
+    mock_llm_url: str,
+    demo_mcp_url: str | None = None,
+    demo_rest_url: str | None = None,
+    demo_agent_url: str | None = None,
 ) -> DemoSeed:
     """Seed (or refresh) the demo; with ``demo_mcp_url``, the MCP product served there
-    too, and with ``demo_rest_url`` the REST-to-MCP product of the REST service there.
+    too, with ``demo_rest_url`` the REST-to-MCP product of the REST service there, and
+    with ``demo_agent_url`` the A2A agent product of the agent there and the REST agent
+    product of the mock LLM's chat endpoint.
 
-    Neither is contacted here (they may not be running yet, and a transaction must not
-    wait on them): :func:`seed_demo_mcp_tools` discovers and approves the MCP server's
-    tools, and :func:`seed_demo_rest_tools` imports the REST service's OpenAPI document.
+    None of them is contacted here (they may not be running yet, and a transaction must
+    not wait on them): :func:`seed_demo_mcp_tools` discovers and approves the MCP
+    server's tools, :func:`seed_demo_rest_tools` imports the REST service's OpenAPI
+    document, and :func:`seed_demo_agents` fetches the agent's card.
     """
     state_path = Path(settings.VAR_DIR) / "demo-secrets.json"
     state = _private_file(state_path)
@@ -135,27 +198,6 @@ def seed_demo(
             "is_default": True,
         },
     )
-
-    state.setdefault("upstream_key", "sk-mock-" + secrets.token_urlsafe(24))
-    upstream = _demo_upstream(
-        name="Demo mock LLM",
-        url=mock_llm_url,
-        vendor=Upstream.Vendor.OPENAI_COMPATIBLE,
-        secret=state["upstream_key"],
-    )
-    product = _demo_product(
-        slug=DEMO_PRODUCT_SLUG,
-        name="Demo Chat",
-        kind=Product.Kind.MODEL,
-        description="A mock OpenAI-compatible chat model that echoes your last message.",
-        category=("Chat", "chat"),
-        tags=["demo", "openai-compatible"],
-        guide=DEMO_GUIDE,
-    )
-    _seed_demo_models(product=product, upstream=upstream)
-    catalog_services.product_publish(product=product, portals=[portal])
-    plan = Plan.objects.get(product=product, name="Free")
-
     developer, _ = user_model.objects.get_or_create(
         username="demo-developer", defaults={"email": "developer@example.com"}
     )
@@ -167,19 +209,48 @@ def seed_demo(
         consumer = consumer_services.consumer_create(
             owner=developer, name="Demo App", portal=portal
         )
-    _subscribe(consumer, product, plan)
+    offer = _DemoOffer(portal=portal, consumer=consumer)
+
+    state.setdefault("upstream_key", "sk-mock-" + secrets.token_urlsafe(24))
+    upstream = _demo_upstream(
+        name="Demo mock LLM",
+        url=mock_llm_url,
+        vendor=Upstream.Vendor.OPENAI_COMPATIBLE,
+        secret=state["upstream_key"],
+    )
+    product = offer.product(
+        _Listing(
+            slug=DEMO_PRODUCT_SLUG,
+            name="Demo Chat",
+            kind=Product.Kind.MODEL,
+            description="A mock OpenAI-compatible chat model that echoes your last message.",
+            category=("Chat", "chat"),
+            tags=("demo", "openai-compatible"),
+            guide=DEMO_GUIDE,
+        ),
+        build=lambda product: _seed_demo_models(product=product, upstream=upstream),
+    )
 
     products = {"model": product.slug}
     if demo_mcp_url is not None:
         state.setdefault("mcp_upstream_key", "demo-mcp-" + secrets.token_urlsafe(24))
-        tools = _seed_demo_mcp(url=demo_mcp_url, secret=state["mcp_upstream_key"], portal=portal)
-        _subscribe(consumer, tools, Plan.objects.get(product=tools, name="Free"))
-        products["mcp"] = tools.slug
+        products["mcp"] = _seed_demo_mcp(
+            offer, url=demo_mcp_url, secret=state["mcp_upstream_key"]
+        ).slug
     if demo_rest_url is not None:
         state.setdefault("rest_upstream_key", "demo-rest-" + secrets.token_urlsafe(24))
-        rest = _seed_demo_rest(url=demo_rest_url, secret=state["rest_upstream_key"], portal=portal)
-        _subscribe(consumer, rest, Plan.objects.get(product=rest, name="Free"))
-        products["rest_mcp"] = rest.slug
+        products["rest_mcp"] = _seed_demo_rest(
+            offer, url=demo_rest_url, secret=state["rest_upstream_key"]
+        ).slug
+    if demo_agent_url is not None:
+        state.setdefault("agent_upstream_key", "demo-agent-" + secrets.token_urlsafe(24))
+        products["agent"] = _seed_demo_agent(
+            offer, url=demo_agent_url, secret=state["agent_upstream_key"]
+        ).slug
+        # The mock LLM wants the same key from the REST agent as from the model routes.
+        products["rest_agent"] = _seed_demo_rest_agent(
+            offer, url=mock_llm_url, secret=state["upstream_key"]
+        ).slug
 
     key = state.get("demo_key", "")
     usable = Credential.objects.filter(
@@ -196,6 +267,7 @@ def seed_demo(
         upstream_key=state["upstream_key"],
         mcp_upstream_key=state.get("mcp_upstream_key", ""),
         rest_upstream_key=state.get("rest_upstream_key", ""),
+        agent_upstream_key=state.get("agent_upstream_key", ""),
         products=products,
         # The demo model first: `make run` and CI call it to see that all is up.
         models=[
@@ -266,7 +338,48 @@ def _subscribe(consumer: Consumer, product: Product, plan: Plan) -> None:
         consumer_services.subscription_approve(subscription=subscription)
 
 
-def _seed_demo_mcp(*, url: str, secret: str, portal: Portal) -> Product:
+@dataclass(frozen=True)
+class _Listing:
+    """How a demo product is made and listed: ``category`` is a (name, slug) pair."""
+
+    slug: str
+    name: str
+    kind: str
+    description: str
+    category: tuple[str, str]
+    tags: tuple[str, ...]
+    guide: str
+
+
+@dataclass(frozen=True)
+class _DemoOffer:
+    """Where the demo's products are offered: the demo portal, to the demo app."""
+
+    portal: Portal
+    consumer: Consumer
+
+    def product(self, listing: _Listing, *, build: Callable[[Product], object]) -> Product:
+        """The demo product of ``listing`` (with a Free plan, made when missing),
+        ``build`` what serves it, published on the portal, and the demo app subscribed
+        to its Free plan."""
+        product = _demo_product(listing)
+        build(product)
+        catalog_services.product_publish(product=product, portals=[self.portal])
+        _subscribe(self.consumer, product, Plan.objects.get(product=product, name="Free"))
+        return product
+
+
+def _mcp_server(upstream: Upstream) -> Callable[[Product], object]:
+    """A ``build`` for :meth:`_DemoOffer.product`: ``upstream``'s MCP server, once."""
+
+    def build(product: Product) -> None:
+        if not McpServer.objects.filter(product=product).exists():
+            catalog_services.mcp_server_create(product=product, upstream=upstream)
+
+    return build
+
+
+def _seed_demo_mcp(offer: _DemoOffer, *, url: str, secret: str) -> Product:
     """The demo MCP product: the server at ``url`` behind a bearer backend credential."""
     upstream = _demo_upstream(
         name=DEMO_MCP_UPSTREAM,
@@ -276,22 +389,19 @@ def _seed_demo_mcp(*, url: str, secret: str, portal: Portal) -> Product:
         options={"auth": "bearer"},
         timeout_seconds=30,
     )
-    product = _demo_product(
+    listing = _Listing(
         slug=DEMO_MCP_SLUG,
         name="Demo Tools",
         kind=Product.Kind.MCP,
         description="An MCP server with weather and currency tools, on made-up data.",
         category=("Tools", "tools"),
-        tags=["demo", "mcp"],
+        tags=("demo", "mcp"),
         guide=DEMO_MCP_GUIDE,
     )
-    if not McpServer.objects.filter(product=product).exists():
-        catalog_services.mcp_server_create(product=product, upstream=upstream)
-    catalog_services.product_publish(product=product, portals=[portal])
-    return product
+    return offer.product(listing, build=_mcp_server(upstream))
 
 
-def _seed_demo_rest(*, url: str, secret: str, portal: Portal) -> Product:
+def _seed_demo_rest(offer: _DemoOffer, *, url: str, secret: str) -> Product:
     """The REST-to-MCP product: the service at ``url``, its key in the X-API-Key header."""
     upstream = _demo_upstream(
         name=DEMO_REST_UPSTREAM,
@@ -301,19 +411,93 @@ def _seed_demo_rest(*, url: str, secret: str, portal: Portal) -> Product:
         options={"auth": "header", "header": "X-API-Key"},
         timeout_seconds=30,
     )
-    product = _demo_product(
+    listing = _Listing(
         slug=DEMO_REST_SLUG,
         name="Demo REST Tools",
         kind=Product.Kind.MCP,
         description="A notes and inventory REST API, served as MCP tools by the gateway.",
         category=("Tools", "tools"),
-        tags=["demo", "mcp", "rest"],
+        tags=("demo", "mcp", "rest"),
         guide=DEMO_REST_GUIDE,
     )
-    if not McpServer.objects.filter(product=product).exists():
-        catalog_services.mcp_server_create(product=product, upstream=upstream)
-    catalog_services.product_publish(product=product, portals=[portal])
-    return product
+    return offer.product(listing, build=_mcp_server(upstream))
+
+
+def _agent_targets(
+    targets: list[tuple[Upstream, dict[str, Any]]], *, skills: list[dict[str, Any]] | None = None
+) -> Callable[[Product], object]:
+    """A ``build`` for :meth:`_DemoOffer.product`: the product's agent with ``targets``
+    (each an upstream and its version's ``name``, ``weight``, ``rest``), made when the
+    product has no agent yet (an admin's later changes are kept)."""
+
+    def build(product: Product) -> None:
+        if Agent.objects.filter(product=product).exists():
+            return
+        agent = catalog_services.agent_create(product=product, skills=skills or [])
+        for upstream, fields in targets:
+            catalog_services.agent_target_add(agent=agent, upstream=upstream, **fields)
+
+    return build
+
+
+def _seed_demo_agent(offer: _DemoOffer, *, url: str, secret: str) -> Product:
+    """The A2A agent product: the agent at ``url`` (its card at the well-known path)
+    behind a bearer backend credential, as two versions sharing the traffic 95 to 5 (a
+    gray release; here both versions are the same agent, registered twice, since a
+    target is one upstream)."""
+    versions = [("v1", 95, DEMO_AGENT_UPSTREAM), ("v2", 5, f"{DEMO_AGENT_UPSTREAM} v2")]
+    targets = [
+        (
+            _demo_upstream(
+                name=name,
+                url=url,
+                vendor=Upstream.Vendor.A2A,
+                secret=secret,
+                options={"auth": "bearer"},
+                timeout_seconds=30,
+            ),
+            {"name": version, "weight": weight},
+        )
+        for version, weight, name in versions
+    ]
+    listing = _Listing(
+        slug=DEMO_AGENT_SLUG,
+        name="Trip Planner",
+        kind=Product.Kind.AGENT,
+        description="An A2A agent that plans a day out: weather, packing and your budget "
+        "in the local currency, streamed as it works.",
+        category=("Agents", "agents"),
+        tags=("demo", "a2a", "travel"),
+        guide=DEMO_AGENT_GUIDE,
+    )
+    return offer.product(listing, build=_agent_targets(targets))
+
+
+def _seed_demo_rest_agent(offer: _DemoOffer, *, url: str, secret: str) -> Product:
+    """The REST agent product: the mock LLM's chat endpoint at ``url`` (``…/v1``),
+    wrapped as an A2A agent by the "openai-chat" mapping."""
+    upstream = _demo_upstream(
+        name=DEMO_REST_AGENT_UPSTREAM,
+        url=url,
+        vendor=Upstream.Vendor.REST_AGENT,
+        secret=secret,
+        options={"auth": "bearer"},
+        timeout_seconds=30,
+    )
+    listing = _Listing(
+        slug=DEMO_REST_AGENT_SLUG,
+        name="Demo REST Agent",
+        kind=Product.Kind.AGENT,
+        description="A plain chat endpoint served as an A2A agent by the gateway; it "
+        "repeats what you say.",
+        category=("Agents", "agents"),
+        tags=("demo", "a2a", "rest"),
+        guide=DEMO_REST_AGENT_GUIDE,
+    )
+    build = _agent_targets(
+        [(upstream, {"name": "v1", "rest": DEMO_REST_AGENT_CALL})], skills=DEMO_REST_AGENT_SKILLS
+    )
+    return offer.product(listing, build=build)
 
 
 def _demo_upstream(*, name: str, url: str, **create: Any) -> Upstream:
@@ -328,27 +512,20 @@ def _demo_upstream(*, name: str, url: str, **create: Any) -> Upstream:
     return upstream
 
 
-def _demo_product(
-    *,
-    slug: str,
-    name: str,
-    kind: str,
-    description: str,
-    category: tuple[str, str],
-    tags: list[str],
-    guide: str,
-) -> Product:
-    """The demo product ``slug``, made with a Free plan when missing. Only an unlisted
-    product gets the demo listing (``category`` is its name and slug), so an admin's
-    edits survive the next seed."""
-    product = Product.objects.filter(slug=slug).first()
+def _demo_product(listing: _Listing) -> Product:
+    """The demo product of ``listing``, made with a Free plan when missing. Only an
+    unlisted product gets the demo listing, so an admin's edits survive the next seed."""
+    product = Product.objects.filter(slug=listing.slug).first()
     if product is None:
         product = catalog_services.product_create(
-            name=name, slug=slug, kind=kind, description=description
+            name=listing.name,
+            slug=listing.slug,
+            kind=listing.kind,
+            description=listing.description,
         )
         catalog_services.plan_create(product=product, name="Free", requests_per_minute=600)
     if product.category_id is None and not product.tags and not product.guide_markdown:
-        category_name, category_slug = category
+        category_name, category_slug = listing.category
         shelf = Category.objects.filter(
             slug=category_slug
         ).first() or catalog_services.category_create(name=category_name, slug=category_slug)
@@ -356,8 +533,8 @@ def _demo_product(
             product=product,
             description=product.description,
             category=shelf,
-            tags=tags,
-            guide_markdown=guide,
+            tags=list(listing.tags),
+            guide_markdown=listing.guide,
         )
     return product
 
@@ -402,3 +579,19 @@ def seed_demo_rest_tools(*, openapi_url: str) -> McpServer:
         ) from None
     server.refresh_from_db()
     return server
+
+
+def seed_demo_agents() -> None:
+    """Fetch the demo agent's card now (the agent must be running) and check both demo
+    agents, so ``make run``'s first revision serves them; the worker refreshes them on
+    its schedule after that.
+
+    Raises ``RuntimeError`` with the reason when the agent's card cannot be fetched.
+    """
+    for slug in (DEMO_AGENT_SLUG, DEMO_REST_AGENT_SLUG):
+        agent = Agent.objects.select_related("product").get(product__slug=slug)
+        catalog_services.agent_refresh(agent=agent)
+    fetched = AgentTarget.objects.filter(agent__product__slug=DEMO_AGENT_SLUG).first()
+    if fetched is None or not fetched.card:
+        reason = fetched.last_error if fetched else "it has no target"
+        raise RuntimeError(f"The demo agent's card could not be fetched: {reason}")

@@ -1,5 +1,5 @@
-"""The try-it playground: chat with a subscribed model, or list and call the tools of
-a subscribed MCP server, through the real gateway.
+"""The try-it playground: chat with a subscribed model, list and call the tools of a
+subscribed MCP server, or talk to a subscribed agent, through the real gateway.
 
 The playground calls the gateway exactly as the developer's code would, with a key of
 the developer's own app. Keys are stored only as hashes, so the playground cannot use
@@ -10,6 +10,10 @@ server-side cache until shortly before it expires, and never sends it to the bro
 MCP tools are called as a client of the stateless 2026-07-28 protocol would: one POST
 per request, no session, with the routing headers the protocol asks for. A form is
 generated from each tool's input schema (:class:`ToolForm`).
+
+Agents are sent A2A 1.0 ``SendStreamingMessage`` over JSON-RPC, as the A2A SDK's client
+sends it, and each event of the stream is passed on to the page as soon as it arrives
+(:func:`agent_stream`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import json
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -41,6 +46,7 @@ from consumers.selectors import consumer_get_for_user
 from gateway.mcp.upstream import MODERN_VERSION, header_value
 from gateway.providers._convert import SseEvents
 from gateway.providers.base import UpstreamFailure
+from portal.agents import A2A_VERSION, a2a_message_request
 
 PLAYGROUND_KEY_NAME = "Playground"
 _TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=30.0, pool=5.0)
@@ -132,14 +138,19 @@ async def _wait_until_known(client: httpx.AsyncClient, key: str) -> bool:
     return False
 
 
-async def chat_stream(*, key: str, model: str, message: str) -> AsyncIterator[bytes]:
-    """Relay a streamed chat completion as ``delta`` events, then ``done`` or ``error``."""
+async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``events``, ended by an ``error`` event when the gateway cannot be reached."""
     try:
-        async for event in _chat_events(key=key, model=model, message=message):
+        async for event in events:
             yield event
     except httpx.HTTPError as exc:
         # The page must say what happened rather than wait forever on a dead stream.
         yield _event("error", {"message": _unreachable(exc)})
+
+
+def chat_stream(*, key: str, model: str, message: str) -> AsyncIterator[bytes]:
+    """Relay a streamed chat completion as ``delta`` events, then ``done`` or ``error``."""
+    return _guarded(_chat_events(key=key, model=model, message=message))
 
 
 async def _chat_events(*, key: str, model: str, message: str) -> AsyncIterator[bytes]:
@@ -182,19 +193,25 @@ async def _chat_events(*, key: str, model: str, message: str) -> AsyncIterator[b
 
 
 @dataclass(frozen=True)
-class McpTarget:
-    """An MCP server the user can try through one of their apps: an approved
-    subscription of an active app to a published MCP product."""
+class AppProduct:
+    """A product the user can try through one of their apps: an approved subscription
+    of an active app to a published product (an agent, in the Agents tab)."""
 
     consumer: Consumer
     product: Product
-    # The subscription's allow-list (None: every tool the product serves).
-    allowed_tools: tuple[str, ...] | None
 
     @property
     def value(self) -> str:
         """How forms and links name the target: ``<app id>:<product slug>``."""
         return f"{self.consumer.pk}:{self.product.slug}"
+
+
+@dataclass(frozen=True)
+class McpTarget(AppProduct):
+    """An MCP server the user can try through one of their apps."""
+
+    # The subscription's allow-list (None: every tool the product serves).
+    allowed_tools: tuple[str, ...] | None
 
     def allows(self, name: str) -> bool:
         # The gateway's rule (gateway.mcp.server): None allows all, a list only its names.
@@ -215,19 +232,20 @@ def _mcp_target(subscription: Subscription) -> McpTarget:
     )
 
 
-def mcp_targets_for(*, user: User) -> list[McpTarget]:
-    """Every (app, MCP server) pair the user's own apps are approved for."""
-    subscriptions = (
-        _approved_subscriptions(kind=Product.Kind.MCP)
+def _subscriptions_of(*, user: User, kind: str) -> QuerySet[Subscription]:
+    """The user's own apps' approved subscriptions to products of ``kind``."""
+    return (
+        _approved_subscriptions(kind=kind)
         .filter(consumer__owner=user)
         .order_by("product__name", "consumer__name", "pk")
     )
-    return [_mcp_target(sub) for sub in subscriptions]
 
 
-def mcp_target_get(*, user: User | AnonymousUser, value: str) -> McpTarget | None:
-    """The target ``value`` (``<app id>:<product slug>``) names, or None when it names no
-    approved subscription of that app to a published MCP product.
+def _subscription_named(
+    *, user: User | AnonymousUser, value: str, kind: str
+) -> Subscription | None:
+    """The approved subscription to a published product of ``kind`` that ``value``
+    (``<app id>:<product slug>``) names, or None.
 
     The app goes through the access helper of apps: anyone else's is a 404.
     """
@@ -235,12 +253,32 @@ def mcp_target_get(*, user: User | AnonymousUser, value: str) -> McpTarget | Non
     if match is None:
         return None
     consumer = consumer_get_for_user(user=user, pk=int(match[1]))
-    subscription = (
-        _approved_subscriptions(kind=Product.Kind.MCP)
-        .filter(consumer=consumer, product__slug=match[2])
-        .first()
+    return (
+        _approved_subscriptions(kind=kind).filter(consumer=consumer, product__slug=match[2]).first()
     )
+
+
+def mcp_targets_for(*, user: User) -> list[McpTarget]:
+    """Every (app, MCP server) pair the user's own apps are approved for."""
+    return [_mcp_target(sub) for sub in _subscriptions_of(user=user, kind=Product.Kind.MCP)]
+
+
+def mcp_target_get(*, user: User | AnonymousUser, value: str) -> McpTarget | None:
+    """The (app, MCP server) pair ``value`` names (see :func:`_subscription_named`)."""
+    subscription = _subscription_named(user=user, value=value, kind=Product.Kind.MCP)
     return None if subscription is None else _mcp_target(subscription)
+
+
+def agent_targets_for(*, user: User) -> list[AppProduct]:
+    """Every (app, agent) pair the user's own apps are approved for."""
+    subscriptions = _subscriptions_of(user=user, kind=Product.Kind.AGENT)
+    return [AppProduct(sub.consumer, sub.product) for sub in subscriptions]
+
+
+def agent_target_get(*, user: User | AnonymousUser, value: str) -> AppProduct | None:
+    """The (app, agent) pair ``value`` names (see :func:`_subscription_named`)."""
+    subscription = _subscription_named(user=user, value=value, kind=Product.Kind.AGENT)
+    return None if subscription is None else AppProduct(subscription.consumer, subscription.product)
 
 
 @dataclass(frozen=True)
@@ -697,3 +735,190 @@ async def _read_answer(response: httpx.Response) -> dict[str, Any] | None:
         if len(body) > MAX_REPLY_BYTES:
             raise _TooLarge
     return _answer_of(bytes(body), sse=False)
+
+
+# Agents: one A2A message, its events streamed to the page ------------------------------------
+
+A2A_HEADERS = {
+    "A2A-Version": A2A_VERSION,
+    "Accept": "text/event-stream",
+    "Content-Type": "application/json",
+}
+# A context id the gateway handed out: opaque, printable, never long.
+CONTEXT_ID = re.compile(r"[\x21-\x7e]{1,1000}")
+_TASK_STATE_PREFIX = "TASK_STATE_"
+
+
+def agent_stream(*, key: str, slug: str, text: str, context_id: str = "") -> AsyncIterator[bytes]:
+    """Send ``text`` to the agent product ``slug`` through the gateway and relay the
+    reply to the page as server-sent events, each as soon as it arrives:
+
+    - ``task`` ``{taskId, contextId, state}``: the task the agent made;
+    - ``status`` ``{state, text, contextId}``: a status update (``text`` its message's);
+    - ``artifact`` ``{artifactId, name, text, append}``: an artifact or a chunk of one;
+    - ``message`` ``{text, contextId}``: the agent's answer as a message;
+    - ``error`` ``{message}``, then the stream ends; else ``done`` ``{contextId}``.
+
+    States are lower case without their prefix (``working``, ``completed``). Every text
+    is the agent's, untrusted: the page inserts it as text, never as markup.
+    """
+    return _guarded(_agent_events(key=key, slug=slug, text=text, context_id=context_id))
+
+
+async def _agent_events(*, key: str, slug: str, text: str, context_id: str) -> AsyncIterator[bytes]:
+    async with _gateway() as client:
+        if not await _wait_until_known(client, key):
+            yield _event("error", {"message": KEY_NOT_YET})
+            return
+        relay = _AgentRelay(context_id=context_id)
+        request = a2a_message_request(
+            "SendStreamingMessage", text, message_id=str(uuid.uuid4()), context_id=context_id
+        )
+        body = orjson.dumps(request)
+        headers = {**A2A_HEADERS, "Authorization": f"Bearer {key}"}
+        async with client.stream(
+            "POST", f"/agents/{slug}", content=body, headers=headers
+        ) as response:
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                events = SseEvents(limit=MAX_REPLY_BYTES)
+                try:
+                    async for piece in response.aiter_bytes():
+                        for data in events.feed(piece):
+                            for event in relay.reply(data):
+                                yield event
+                    for data in events.close():
+                        for event in relay.reply(data):
+                            yield event
+                except UpstreamFailure:  # one event longer than the limit
+                    yield relay.fail(f"An event is larger than {MAX_REPLY_BYTES >> 20} MB.")
+            else:
+                # A JSON body: an error before the stream began, or a whole reply.
+                answer = (await response.aread())[:MAX_REPLY_BYTES]
+                for event in relay.reply(answer, status=response.status_code):
+                    yield event
+        if not relay.failed:
+            yield _event("done", {"contextId": relay.context_id})
+
+
+class _AgentRelay:
+    """Turns the gateway's JSON-RPC replies (each a StreamResponse) into page events,
+    keeping the conversation's context id."""
+
+    def __init__(self, *, context_id: str) -> None:
+        self.context_id = context_id
+        self.failed = False
+
+    def fail(self, message: str) -> bytes:
+        self.failed = True
+        return _event("error", {"message": message})
+
+    def reply(self, data: bytes, *, status: int = 200) -> list[bytes]:
+        try:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            return [self.fail(f"The gateway answered HTTP {status} without a JSON-RPC reply.")]
+        error = answer.get("error")
+        if isinstance(error, dict):  # a JSON-RPC error, or the gateway's own (no code)
+            return [self.fail(_rpc_error_text(error))]
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            return [self.fail(f"The gateway answered HTTP {status} without a JSON-RPC reply.")]
+        return self.result(result)
+
+    def _context(self, value: dict[str, Any]) -> str:
+        context_id = value.get("contextId")
+        if isinstance(context_id, str) and CONTEXT_ID.fullmatch(context_id):
+            self.context_id = context_id
+        return self.context_id
+
+    def result(self, result: dict[str, Any]) -> list[bytes]:
+        """The page's events for one StreamResponse (``task``, ``message``,
+        ``statusUpdate`` or ``artifactUpdate``)."""
+        if isinstance(task := result.get("task"), dict):
+            status = _dict(task.get("status"))
+            events = [
+                _event(
+                    "task",
+                    {
+                        "taskId": str(task.get("id", "")),
+                        "contextId": self._context(task),
+                        "state": _state(status.get("state")),
+                    },
+                )
+            ]
+            if (text := _parts_text(_dict(status.get("message")).get("parts"))) is not None:
+                events.append(
+                    _event("status", {"state": _state(status.get("state")), "text": text})
+                )
+            # A whole task (an agent that does not stream): its artifacts at once.
+            for artifact in task.get("artifacts") or []:
+                events.append(_artifact_event(_dict(artifact), append=False))
+            return events
+        if isinstance(message := result.get("message"), dict):
+            text = _parts_text(message.get("parts")) or ""
+            return [_event("message", {"text": text, "contextId": self._context(message)})]
+        if isinstance(update := result.get("statusUpdate"), dict):
+            status = _dict(update.get("status"))
+            return [
+                _event(
+                    "status",
+                    {
+                        "state": _state(status.get("state")),
+                        "text": _parts_text(_dict(status.get("message")).get("parts")) or "",
+                        "contextId": self._context(update),
+                    },
+                )
+            ]
+        if isinstance(update := result.get("artifactUpdate"), dict):
+            self._context(update)
+            return [
+                _artifact_event(_dict(update.get("artifact")), append=update.get("append") is True)
+            ]
+        return []
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _state(value: object) -> str:
+    state = value if isinstance(value, str) else "unknown"
+    return state.removeprefix(_TASK_STATE_PREFIX).lower()
+
+
+def _parts_text(parts: object) -> str | None:
+    """The text of a message's or an artifact's parts (data as JSON, files by name);
+    ``None`` when there are no parts."""
+    if not isinstance(parts, list) or not parts:
+        return None
+    texts = []
+    for part in parts:
+        part = _dict(part)
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif "data" in part:
+            texts.append(_pretty(part["data"]))
+        elif "url" in part or "raw" in part:
+            texts.append(f"[file {part.get('filename') or part.get('url') or ''}]".strip())
+    return "".join(texts)
+
+
+def _artifact_event(artifact: dict[str, Any], *, append: bool) -> bytes:
+    return _event(
+        "artifact",
+        {
+            "artifactId": str(artifact.get("artifactId", "")),
+            "name": str(artifact.get("name") or ""),
+            "text": _parts_text(artifact.get("parts")) or "",
+            "append": append,
+        },
+    )
+
+
+def _rpc_error_text(error: dict[str, Any]) -> str:
+    message = error.get("message")
+    code = error.get("code")
+    text = message if isinstance(message, str) and message else "The agent call failed."
+    return f"{text} (JSON-RPC error {code})" if isinstance(code, int) else text

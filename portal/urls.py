@@ -37,6 +37,8 @@ urlpatterns = [
     path("playground/", views.playground, name="playground"),
     path("playground/chat/", views.playground_chat, name="playground_chat"),
     path("playground/mcp/", views.playground_mcp, name="playground_mcp"),
+    path("playground/agents/", views.playground_agent, name="playground_agent"),
+    path("playground/agents/send/", views.playground_agent_send, name="playground_agent_send"),
     # Usage dashboards (portal/usage_views.py)
     path("usage/", usage_views.usage, name="usage"),
     path("usage.csv", usage_views.usage_csv, name="usage_csv"),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
@@ -66,15 +67,15 @@ async def playground_chat(request: HttpRequest) -> HttpResponse | StreamingHttpR
     consumer = await sync_to_async(consumer_get_for_user)(user=user, pk=app_id)
     targets = await sync_to_async(playground_module.targets_for)(user=consumer.owner)
     if not message or not any(t.app_id == consumer.pk and t.model == model for t in targets):
-        text = "Choose one of your apps, a model it is subscribed to, and a message."
-        return HttpResponse(
-            _event_bytes("error", text), status=400, content_type="text/event-stream"
+        return _refused_stream(
+            "Choose one of your apps, a model it is subscribed to, and a message."
         )
     key = await sync_to_async(playground_module.playground_key)(consumer=consumer)
-    response = StreamingHttpResponse(
-        playground_module.chat_stream(key=key, model=model, message=message),
-        content_type="text/event-stream",
-    )
+    return _event_stream(playground_module.chat_stream(key=key, model=model, message=message))
+
+
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"  # let a proxy pass each event on at once
     return response
@@ -82,6 +83,11 @@ async def playground_chat(request: HttpRequest) -> HttpResponse | StreamingHttpR
 
 def _event_bytes(name: str, text: str) -> bytes:
     return f"event: {name}\ndata: {json.dumps({'message': text})}\n\n".encode()
+
+
+def _refused_stream(text: str) -> HttpResponse:
+    """A refused playground call, as the one event the page's stream reader shows."""
+    return HttpResponse(_event_bytes("error", text), status=400, content_type="text/event-stream")
 
 
 class PlaygroundRequest(HttpRequest):
@@ -113,35 +119,55 @@ async def playground_mcp(request: PlaygroundRequest) -> HttpResponse:
     return await sync_to_async(_mcp_render)(request, {**prepared.context, "reply": reply})
 
 
-def _mcp_context(request: PlaygroundRequest, data: QueryDict) -> dict[str, Any]:
-    """The page's context for the choices in ``data`` (the query or the posted form)."""
-    user = request.user
-    targets = playground_module.mcp_targets_for(user=user)  # type: ignore[arg-type]
+T = TypeVar("T", bound=playground_module.AppProduct)
+
+
+def _pick(
+    data: QueryDict, *, targets: list[T], get: Callable[[str], T | None], what: str
+) -> dict[str, Any]:
+    """Which of ``targets`` (app, product) a playground tab shows: ``target`` in ``data``
+    (``<app id>:<slug>``, looked up by ``get``, which 404s anyone else's app), or the
+    first of the user's apps subscribed to ``product`` (the product page's link), or the
+    first target. ``what`` names the kind of product in what the page says."""
     value, slug = data.get("target", ""), data.get("product", "")
-    selected: playground_module.McpTarget | None = None
+    selected: T | None = None
     unsubscribed = ""
     if value:
-        # Someone else's app is a 404 here (the access helper of apps decides).
-        selected = playground_module.mcp_target_get(user=user, value=value)
+        selected = get(value)
         if selected is None:
-            unsubscribed = "That app has no approved subscription to that MCP server."
+            unsubscribed = f"That app has no approved subscription to that {what}."
     elif slug:
         selected = next((t for t in targets if t.product.slug == slug), None)
         if selected is None:
-            unsubscribed = "None of your apps is subscribed to this MCP server yet."
+            unsubscribed = f"None of your apps is subscribed to this {what} yet."
     elif targets:
         selected = targets[0]
     if selected is not None and selected not in targets:
         targets.insert(0, selected)  # an admin trying someone else's app
-    tools = playground_module.mcp_tools_for(target=selected) if selected else []
-    wanted = data.get("tool", "")
-    tool = next((t for t in tools if t.name == wanted), None)
     return {
         "targets": targets,
         "selected": selected,
         "unsubscribed": unsubscribed,
         # Linked to only when it is a slug (the URL pattern would refuse anything else).
         "product_slug": slug if playground_module.SLUG.fullmatch(slug) else "",
+    }
+
+
+def _mcp_context(request: PlaygroundRequest, data: QueryDict) -> dict[str, Any]:
+    """The page's context for the choices in ``data`` (the query or the posted form)."""
+    user = request.user
+    picked = _pick(
+        data,
+        targets=playground_module.mcp_targets_for(user=user),  # type: ignore[arg-type]
+        get=lambda value: playground_module.mcp_target_get(user=user, value=value),
+        what="MCP server",
+    )
+    selected = picked["selected"]
+    tools = playground_module.mcp_tools_for(target=selected) if selected else []
+    wanted = data.get("tool", "")
+    tool = next((t for t in tools if t.name == wanted), None)
+    return {
+        **picked,
         "tools": tools,
         "tool": tool,
         "unknown_tool": wanted if wanted and tool is None else "",
@@ -212,6 +238,49 @@ def _mcp_render(
     response["Cache-Control"] = "no-store"
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+@login_required
+@require_GET
+def playground_agent(request: HttpRequest) -> HttpResponse:
+    """Talk to a subscribed agent through the gateway with one of your apps: ``target``
+    (``<app id>:<product slug>``) or ``product`` (the product page's link) preselects
+    it. The messages go to :func:`playground_agent_send`."""
+    user = request.user
+    context = _pick(
+        request.GET,
+        targets=playground_module.agent_targets_for(user=user),  # type: ignore[arg-type]
+        get=lambda value: playground_module.agent_target_get(user=user, value=value),
+        what="agent",
+    )
+    return render(request, "portal/playground_agent.html", context)
+
+
+@login_required
+@require_POST
+async def playground_agent_send(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    """Send one message to the agent and stream its events to the page as server-sent
+    events (:func:`portal.playground.agent_stream`); ``context_id`` continues a
+    conversation."""
+    user = await request.auser()
+    text = request.POST.get("message", "").strip()[:8000]
+    context_id = request.POST.get("context_id", "")
+    # Someone else's app is a 404 here (the access helper of apps decides).
+    chosen = await sync_to_async(playground_module.agent_target_get)(
+        user=user, value=request.POST.get("target", "")
+    )
+    if chosen is None or not text:
+        return _refused_stream(
+            "Choose one of your apps, an agent it is subscribed to, and a message."
+        )
+    if context_id and not playground_module.CONTEXT_ID.fullmatch(context_id):
+        return _refused_stream("That conversation id is not one the gateway gave: start a new one.")
+    key = await sync_to_async(playground_module.playground_key)(consumer=chosen.consumer)
+    return _event_stream(
+        playground_module.agent_stream(
+            key=key, slug=chosen.product.slug, text=text, context_id=context_id
+        )
+    )
 
 
 @login_required

@@ -190,56 +190,14 @@ asyncio.run(main())
     ]
 
 
-def agent_snippets(*, gateway_url: str, slug: str) -> list[Snippet]:
-    url = f"{gateway_url}/agents/{slug}"
-    a2a_client = f"""import uuid
-
-import httpx
-
-AGENT_URL = {_py(url)}
-headers = {{"Authorization": "Bearer {API_KEY_PLACEHOLDER}"}}
-
-# The agent card: its name, skills and capabilities.
-card = httpx.get(f"{{AGENT_URL}}/.well-known/agent-card.json", headers=headers).json()
-print(card["name"], [skill["name"] for skill in card.get("skills", [])])
-
-# Send it a message (A2A JSON-RPC, method message/send).
-reply = httpx.post(
-    AGENT_URL,
-    headers=headers,
-    json={{
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "message/send",
-        "params": {{
-            "message": {{
-                "role": "user",
-                "messageId": str(uuid.uuid4()),
-                "parts": [{{"kind": "text", "text": "Hello!"}}],
-            }}
-        }},
-    }},
-    timeout=60,
-)
-print(reply.json())
-"""
-    curl = _curl(
-        f"{url}/.well-known/agent-card.json",
-        headers=[f"Authorization: Bearer {API_KEY_PLACEHOLDER}"],
-    )
-    return [
-        Snippet("qs-a2a", "Python · A2A client", "python", a2a_client, "pip install httpx"),
-        Snippet("qs-curl", "curl · agent card", "shell", curl),
-    ]
-
-
 def quickstart_for(product: Product, gateway_url: str) -> list[Snippet]:
     """The snippets for ``product``'s kind, pointing at ``gateway_url``."""
     base = gateway_url.rstrip("/")
     if product.kind == Product.Kind.MCP:
         return mcp_snippets(gateway_url=base, slug=product.slug)
     if product.kind == Product.Kind.AGENT:
-        return agent_snippets(gateway_url=base, slug=product.slug)
+        # An agent's page sends one of its skills' examples: portal.agents makes those.
+        return []
     # Uses the prefetched routes when the view prefetched them (no extra query).
     routes = list(product.model_routes.all())
     chat = next((r.name for r in routes if r.kind == ModelRoute.Kind.CHAT), None)

@@ -52,7 +52,7 @@ from gateway.mcp.upstream import (
 )
 from gateway.responses import ApiError
 from gateway.schema import Consumer, Subscription
-from gateway.types import Headers, Receive, Scope, Send
+from gateway.types import CallRecord, Headers, Receive, Scope, Send
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -153,16 +153,7 @@ class RpcError(Exception):
         self.headers = headers or []
 
 
-class Call(Protocol):
-    """What the gateway records of a call (``gateway.app.Call``)."""
-
-    request_id: str
-    route: str
-    status: int
-    consumer: int | None
-    credential: int | None
-    product: int | None
-    model: str | None
+Call = CallRecord
 
 
 class Host(Protocol):

@@ -6,9 +6,8 @@ means the session era: ``initialize`` once per gateway process, the session id o
 request, and a new session when the server forgets the old one (404). Servers on the
 deprecated HTTP+SSE transport (2024-11-05) get a short-lived connection per call.
 
-The backend credential is the upstream's own (``Upstream.options["auth"]``: ``bearer``,
-``header`` with ``header`` naming it, or ``oauth2`` client credentials against
-``token_url``); the app's key never leaves the gateway. Failures become
+The backend credential is the upstream's own (``gateway.backend_auth``); the app's key
+never leaves the gateway. Failures become
 :class:`UpstreamError` with fixed wording; what the server said in a JSON-RPC error is
 relayed as that error.
 """
@@ -17,10 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +28,10 @@ import orjson
 import yarl
 
 from gateway import __version__
+from gateway.backend_auth import BackendAuth, BackendAuthError, auth_style
 from gateway.mcp.index import ServedProduct, ServedTool
 from gateway.mcp.rest import MAX_ANSWER_BYTES, build_request, tool_result
-from gateway.schema import REST_AUTH_STYLES
+from gateway.wire import json_object, sse_events
 
 log = logging.getLogger("gateway.mcp")
 
@@ -47,7 +45,6 @@ _ACCEPT = "application/json, text/event-stream"
 _RELAYED = frozenset({"notifications/progress", "notifications/message"})
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 _MAX_SSE_EVENT = 8 << 20
-_TOKEN_MARGIN_SECONDS = 30.0
 
 
 class UpstreamError(Exception):
@@ -69,15 +66,14 @@ class _Server:
     session_id: str | None = None
     version: str = SESSION_VERSION
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    token: str | None = None
-    token_until: float = 0.0
 
 
 class McpUpstreams:
     """Every MCP upstream this process talks to, and what it learnt about each."""
 
-    def __init__(self, http: aiohttp.ClientSession) -> None:
+    def __init__(self, http: aiohttp.ClientSession, auth: BackendAuth) -> None:
         self._http = http
+        self._auth = auth
         self._servers: dict[tuple[str, str, str | None], _Server] = {}
         self._ids = itertools.count(1)
 
@@ -163,17 +159,23 @@ class McpUpstreams:
         return {
             "Accept": _ACCEPT,
             "Content-Type": "application/json",
-            **await self._credential(product, server),
+            **await self._credential(product),
         }
 
-    async def _credential(self, product: ServedProduct, server: _Server) -> dict[str, str]:
+    async def _credential(self, product: ServedProduct) -> dict[str, str]:
         """The header carrying the upstream's own credential (none for ``query``)."""
-        options = product.upstream.options
-        style = auth_style(options, product.secret)
-        if product.secret is None or style not in REST_AUTH_STYLES or style == "query":
-            return {}
-        credential = await self._token(product, server) if style == "oauth2" else product.secret
-        return credential_headers(style, options, credential)
+        try:
+            return await self._auth.headers(product.upstream_id, product.upstream, product.secret)
+        except BackendAuthError as exc:
+            if exc.refused:
+                raise UpstreamError(
+                    "The authorization server of this product's MCP server refused the "
+                    "gateway's credentials; please tell the portal's administrators.",
+                    refused=True,
+                ) from None
+            raise UpstreamError(
+                "The gateway could not reach the authorization server of this product's MCP server."
+            ) from None
 
     async def call_rest(
         self, product: ServedProduct, tool: ServedTool, arguments: dict[str, Any]
@@ -184,9 +186,8 @@ class McpUpstreams:
         call = tool.tool.rest
         assert call is not None  # the index serves REST products' tools only with one
         request = build_request(call, product.upstream.base_url, arguments)
-        server = self._server(product)
         # The upstream's credential last, so that no argument can stand in for it.
-        credential = await self._credential(product, server)
+        credential = await self._credential(product)
         taken = {name.lower() for name in credential}
         headers = {k: v for k, v in request.headers.items() if k.lower() not in taken}
         headers.update(credential)
@@ -224,42 +225,6 @@ class McpUpstreams:
                 if isinstance(exc, TimeoutError)
                 else "The gateway could not reach the REST service behind this tool."
             ) from None
-
-    async def _token(self, product: ServedProduct, server: _Server) -> str:
-        if server.token is not None and time.monotonic() < server.token_until:
-            return server.token
-        options = product.upstream.options
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": options.get("client_id", ""),
-            "client_secret": product.secret or "",
-        }
-        if options.get("scope"):
-            form["scope"] = options["scope"]
-        try:
-            async with self._http.post(
-                options.get("token_url", ""),
-                data=form,
-                timeout=aiohttp.ClientTimeout(total=product.upstream.timeout_seconds),
-            ) as response:
-                body = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            raise UpstreamError(
-                "The gateway could not reach the authorization server of this product's MCP server."
-            ) from None
-        token = _json(body).get("access_token") if status == 200 else None
-        if not isinstance(token, str) or not token:
-            raise UpstreamError(
-                "The authorization server of this product's MCP server refused the "
-                "gateway's credentials; please tell the portal's administrators.",
-                refused=True,
-            )
-        lifetime = _json(body).get("expires_in")
-        seconds = float(lifetime) if isinstance(lifetime, int | float) else 300.0
-        server.token = token
-        server.token_until = time.monotonic() + max(seconds - _TOKEN_MARGIN_SECONDS, 1.0)
-        return token
 
     async def _post(
         self,
@@ -340,7 +305,7 @@ class McpUpstreams:
             ) as stream:
                 if stream.status != 200:
                     raise _http_failure(stream.status)
-                events = _sse_events(stream)
+                events = sse_events(stream)
                 endpoint = await _next_event(events, "endpoint")
                 post_url = urljoin(product.upstream.base_url, endpoint)
                 if urlsplit(post_url)[:2] != urlsplit(product.upstream.base_url)[:2]:
@@ -380,22 +345,6 @@ class McpUpstreams:
         raise UpstreamError("The MCP server behind this product did not answer.")
 
 
-def auth_style(options: Mapping[str, str], secret: str | None) -> str:
-    """How an upstream's own credential travels: ``bearer``, ``header``, ``oauth2``
-    or (REST services) ``query``; with no ``auth`` option a secret goes as a bearer
-    token, and ``""`` means there is none. Discovery on the control plane uses this and
-    :func:`credential_headers` too, so that it succeeds exactly when calls will."""
-    return options.get("auth") or ("bearer" if secret else "")
-
-
-def credential_headers(style: str, options: Mapping[str, str], credential: str) -> dict[str, str]:
-    """The header carrying ``credential`` (the secret, or for ``oauth2`` the access
-    token) in the upstream's ``style``."""
-    if style == "header":
-        return {options.get("header") or "X-Api-Key": credential}
-    return {"Authorization": f"Bearer {credential}"}
-
-
 def header_value(value: str) -> str:
     """A value for ``Mcp-Name``: as is when plain printable ASCII, else base64-wrapped."""
     if (
@@ -426,9 +375,9 @@ async def _answer(
     if status == 404 and lost:
         raise _SessionLost
     if kind.startswith("text/event-stream") and status == 200:
-        return await _next_response(_sse_events(response), request_id, notify)
+        return await _next_response(sse_events(response), request_id, notify)
     body = await response.content.read(_MAX_SSE_EVENT)
-    message = _json(body)
+    message = json_object(body)
     if message.get("id") == request_id and ("result" in message or "error" in message):
         return message
     if isinstance(message.get("error"), dict) and status < 500 and status not in (401, 403):
@@ -440,26 +389,6 @@ async def _answer(
             "The MCP server behind this product sent an answer the gateway cannot read."
         )
     )
-
-
-async def _sse_events(response: aiohttp.ClientResponse) -> Any:
-    """``(event, data)`` pairs of an SSE response."""
-    event, data = "message", list[str]()
-    async for raw in response.content:
-        line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
 
 
 async def _next_event(events: Any, wanted: str) -> str:
@@ -475,17 +404,9 @@ async def _next_response(
     async for event, data in events:
         if event != "message":
             continue
-        message = _json(data.encode())
+        message = json_object(data.encode())
         if message.get("id") == request_id and ("result" in message or "error" in message):
             return message
         if notify is not None and "id" not in message and message.get("method") in _RELAYED:
             await notify(message)
     raise UpstreamError("The MCP server behind this product closed its stream before answering.")
-
-
-def _json(body: bytes) -> dict[str, Any]:
-    with contextlib.suppress(orjson.JSONDecodeError):
-        value = orjson.loads(body)
-        if isinstance(value, dict):
-            return value
-    return {}

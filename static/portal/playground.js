@@ -1,5 +1,5 @@
-// The playground: send the form, read the server-sent events as they arrive, and
-// append each piece of the answer to the page. No library; fetch streams natively.
+// The playground: send the form, read the server-sent events as they arrive
+// (event_stream.js), and append each piece of the answer to the page.
 (function () {
   "use strict";
   const form = document.getElementById("playground");
@@ -17,15 +17,7 @@
   target.addEventListener("change", syncTarget);
   syncTarget();
 
-  function handle(block) {
-    let name = "message";
-    let data = "";
-    for (const line of block.split("\n")) {
-      if (line.startsWith("event: ")) name = line.slice(7);
-      else if (line.startsWith("data: ")) data += line.slice(6);
-    }
-    if (!data) return;
-    const payload = JSON.parse(data);
+  function handle(name, payload) {
     if (name === "delta") {
       answer.textContent += payload.text;
     } else if (name === "done") {
@@ -46,25 +38,7 @@
     meta.classList.remove("error");
     send.disabled = true;
     try {
-      const response = await fetch(form.action, {
-        method: "POST",
-        body: new FormData(form),
-        headers: { Accept: "text/event-stream" },
-        credentials: "same-origin",
-      });
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += decoder.decode(value, { stream: true });
-        let end;
-        while ((end = buffer.indexOf("\n\n")) !== -1) {
-          handle(buffer.slice(0, end));
-          buffer = buffer.slice(end + 2);
-        }
-      }
+      await window.porticoPostEvents(form, new FormData(form), handle);
     } catch (error) {
       meta.textContent = "The connection was interrupted: " + error;
       meta.classList.add("error");

@@ -457,7 +457,8 @@ def test_mcp_quick_start_has_client_configs(client, shelf):
 def test_agent_quick_start_has_an_a2a_client(client, shelf):
     page = product_page(client, "travel-agent")
     assert f"AGENT_URL = &quot;{GATEWAY_URL}/agents/travel-agent&quot;" in page
-    assert "message/send" in page
+    assert "create_client(AGENT_URL" in page  # a2a-sdk (see tests/control/test_agent_portal.py)
+    assert "SendMessage" in page
     assert "Bearer YOUR_API_KEY" in page
     assert "appear here once the agent has been discovered" in page
     assert "chat/completions" not in page

@@ -413,7 +413,7 @@ def test_other_vendors_take_no_options(db, vendor):
 def test_unknown_or_empty_options_are_refused(db):
     assert option_errors("azure_openai", "https://x.openai.azure.com", {"deployment": "d"}) == [
         "Unknown vendor option 'deployment': the options are api_version, region, auth, "
-        "header, token_url, client_id, scope, param."
+        "header, token_url, client_id, scope, param, username."
     ]
     assert option_errors("azure_openai", "https://x.openai.azure.com", {"api_version": " "}) == [
         "The api_version option must be 1 to 200 characters without surrounding spaces."

@@ -81,6 +81,15 @@ PAGES: list[tuple[str, str, tuple[str, ...], dict[str, str], tuple[Any, Any, Any
         {"target": "{app}:chat", "method": "tools/list"},
         (LOGIN, 400, 404, 400),
     ),
+    ("playground_agent", "get", (), {}, SIGNED_IN),
+    ("playground_agent", "get", (), {"target": "{app}:chat"}, (LOGIN, 200, 404, 200)),
+    (
+        "playground_agent_send",
+        "post",
+        (),
+        {"target": "{app}:chat", "message": "hi"},  # chat is no agent: refused
+        (LOGIN, 400, 404, 400),
+    ),
     ("usage", "get", (), {}, SIGNED_IN),
     ("usage", "get", (), {"app": "{app}"}, (LOGIN, 200, 404, 200)),
     ("usage_csv", "get", (), {}, SIGNED_IN),
