@@ -4,6 +4,7 @@ is set, else the file-system broker)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,9 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.db import connection
+from django.test import TransactionTestCase
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from devstack.portico import (
@@ -103,6 +106,53 @@ def e2e_stack(
         yield e2e
     finally:
         stack.stop_all()
+        with django_db_blocker.unblock():  # type: ignore[attr-defined]
+            _wait_for_other_sessions_to_end()
+
+
+def _wait_for_other_sessions_to_end(timeout: float = 10.0) -> None:
+    """The processes are gone, but PostgreSQL may not have noticed all their sessions
+    yet (and a worker's pool child killed mid-task can outlive its parent); the test
+    database cannot be dropped while any remains. Wait for them, then end stragglers."""
+    if connection.vendor != "postgresql":
+        return
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            if not cursor.fetchall():
+                return
+            time.sleep(0.2)
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    connection.close()
+
+
+# Not in the type stubs: Django's flush of the database after a transactional test.
+_flush = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
+
+
+def _flush_retrying_deadlocks(self: TransactionTestCase) -> None:
+    """The end-to-end tests' processes keep writing in the background (usage drained
+    every second, revisions reconciled); a flush's TRUNCATE of every table can deadlock
+    with such a transaction, and PostgreSQL may pick the flush to abort. Try again: the
+    other transaction is done by then."""
+    for attempt in range(5):
+        try:
+            _flush(self)
+            return
+        except CommandError as exc:
+            if "deadlock detected" not in str(exc.__cause__) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+setattr(TransactionTestCase, "_fixture_teardown", _flush_retrying_deadlocks)  # noqa: B010
 
 
 @pytest.fixture(scope="module")

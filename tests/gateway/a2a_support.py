@@ -5,6 +5,7 @@ make them agent products."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 from collections.abc import Iterator
@@ -141,7 +142,7 @@ def agent_server(label: str) -> Iterator[AgentServer]:
         if scope["path"].endswith("agent-card.json"):
             await inner(scope, receive, send)
             return
-        if headers.get("authorization") != f"Bearer {BACKEND_TOKEN}":
+        if not _authorized(headers):
             await _plain(send, 401, b"unauthorized")
             return
         chunks = []
@@ -169,6 +170,16 @@ def agent_server(label: str) -> Iterator[AgentServer]:
     with serve_in_thread(app) as origin:
         record.url = origin + "/a2a"
         yield record
+
+
+def _authorized(headers: dict[str, str]) -> bool:
+    """The backend credential in any style the gateway sends it: bearer, HTTP basic
+    (user ``portico``) or the ``X-Agent-Key`` header."""
+    basic = base64.b64encode(f"portico:{BACKEND_TOKEN}".encode()).decode()
+    return (
+        headers.get("authorization") in (f"Bearer {BACKEND_TOKEN}", f"Basic {basic}")
+        or headers.get("x-agent-key") == BACKEND_TOKEN
+    )
 
 
 async def _plain(send: Any, status: int, body: bytes) -> None:
@@ -207,6 +218,7 @@ def a2a_revision(
     requests_per_minute: int | None = None,
     own_limit: int | None = None,
     rest_base: str | None = None,
+    auth: dict[str, str] | None = None,
 ) -> Revision:
     """The default revision plus the agent product ``agent`` (Alice and Bob subscribed)."""
     doc = world.revision()
@@ -226,6 +238,7 @@ def a2a_revision(
                 base_url=url.removesuffix("/a2a"),
                 secret=world.keys.seal(BACKEND_TOKEN),
                 name=spec.upstream,
+                options=auth or {},
             )
     product = Product(
         id=AGENT_PRODUCT,

@@ -491,3 +491,24 @@ def test_a_client_that_leaves_a_stream_ends_it(agw: Gateway, world: World) -> No
     event = agw.wait_for_spooled("a2a-leaves-1")
     assert event["status"] == 499
     assert event["stream"] is True
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        ({"auth": "basic", "username": "portico"}, "authorization"),
+        ({"auth": "header", "header": "X-Agent-Key"}, "x-agent-key"),
+    ],
+)
+def test_the_backend_credential_goes_in_the_agents_style(
+    gw: Gateway, world: World, agent_a: AgentServer, auth: dict[str, str], expected: str
+) -> None:
+    agent_a.seen.clear()
+    assert gw.push(a2a_revision(world, [target("a", agent_a)], auth=auth)).status_code == 200
+    answer = _rpc(gw, world.alice_key, _send_body("hello")).json()
+    assert answer["result"]["message"]["parts"][0]["text"] == "hello from A"
+    sent = agent_a.seen[-1]["headers"]
+    assert expected in sent
+    assert world.alice_key not in orjson.dumps(sent).decode()
+    if auth["auth"] == "basic":
+        assert sent["authorization"].startswith("Basic ")
