@@ -144,6 +144,7 @@ class A2aError(Exception):
         data: list[Any] | None = None,
         headers: Headers | None = None,
         status: int | None = None,
+        http: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -151,6 +152,10 @@ class A2aError(Exception):
         self.data = data
         self.headers = headers or []
         self.status = status or _CODES.get(code, (500, "", ""))[0]
+        # An HTTP-level refusal (wrong method, body too large, not ready, the gateway's
+        # own decisions): sent with its status in JSON-RPC too, where A2A's own errors
+        # travel with 200.
+        self.http = http or code in _OWN_CODES
 
 
 class Call(CallRecord, Protocol):
@@ -224,7 +229,7 @@ class _Caller:
             error: dict[str, Any] = {"code": code, "message": err.message, "data": None}
         else:
             error = {"code": err.code, "message": err.message, "data": err.data or [info]}
-        http = err.status if err.code in _OWN_CODES or err.status == 503 else 200
+        http = err.status if err.http else 200
         return http, orjson.dumps({"jsonrpc": "2.0", "id": self.rpc_id, "error": error})
 
     def event(self, event: dict[str, Any]) -> bytes:
@@ -287,6 +292,8 @@ class A2aService:
                         "POST JSON-RPC requests here; the agent card is at "
                         f"/agents/{slug}{CARD_PATH}.",
                         status=405,
+                        http=True,
+                        headers=[(b"allow", b"POST")],
                     )
                 body = await self.host.read_body(receive, headers.get(b"content-length"))
                 name, params = self._parse_rpc(caller, body, headers)
@@ -303,7 +310,7 @@ class A2aService:
             await _send(send, status, body, caller.content_type, call.request_id, err.headers)
         except ApiError as err:  # the host's: no configuration yet, body too large...
             code = UNAUTHENTICATED if err.status == 401 else INVALID_REQUEST
-            mapped = A2aError(code, err.message, status=err.status, headers=err.headers)
+            mapped = A2aError(code, err.message, status=err.status, headers=err.headers, http=True)
             call.status = err.status
             status, body = caller.error(mapped)
             await _send(send, err.status, body, caller.content_type, call.request_id, err.headers)
@@ -536,7 +543,10 @@ class A2aService:
                 )
         if not targets:
             raise A2aError(
-                INTERNAL_ERROR, "This agent product has no target to send to.", status=503
+                INTERNAL_ERROR,
+                "This agent product has no target to send to.",
+                status=503,
+                http=True,
             )
         healthy = [t for t in targets if not self.router.is_out(t.key)]
         out = [t for t in targets if self.router.is_out(t.key)]
@@ -734,10 +744,7 @@ class A2aService:
             "context_id": context_id,
             "task_id": "",
         }
-        try:
-            reply_parts = await self.client.call_rest(target, values)
-        except AgentRpcError:
-            raise
+        reply_parts = await self.client.call_rest(target, values)
         spec = target.spec.rest
         assert spec is not None
         reply = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -31,6 +32,7 @@ from a2a.types import (
 )
 from a2a.utils.errors import TaskNotFoundError
 
+from devstack.procs import Stack
 from gateway.schema import RestAgentCall
 from tests.gateway.a2a_support import (
     BACKEND_TOKEN,
@@ -39,7 +41,7 @@ from tests.gateway.a2a_support import (
     agent_server,
     target,
 )
-from tests.gateway.conftest import Gateway, World
+from tests.gateway.conftest import Gateway, World, start_redis_gateways
 
 T = TypeVar("T")
 
@@ -388,6 +390,15 @@ def test_bad_input_gets_a2a_errors_and_reaches_no_agent(
     assert forged.json()["error"]["code"] == -32001
     version = _rpc(agw, key, _send_body("x"), **{"A2A-Version": "2.0"})
     assert version.json()["error"]["code"] == -32009
+    huge = _rpc(agw, key, _send_body("x" * 100_000))
+    assert huge.status_code == 413
+    assert huge.json()["error"]["code"] == -32600
+    wrong_method = agw.http.get(
+        f"{agw.url}/agents/agent", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["code"] == -32601
     assert agent_a.seen == []
 
 
@@ -512,3 +523,64 @@ def test_the_backend_credential_goes_in_the_agents_style(
     assert world.alice_key not in orjson.dumps(sent).decode()
     if auth["auth"] == "basic":
         assert sent["authorization"].startswith("Basic ")
+
+
+@pytest.mark.e2e
+def test_tasks_are_found_and_listed_from_any_gateway_process(
+    stack: Stack,
+    http: httpx.Client,
+    world: World,
+    redis_url: str,
+    tmp_path: Path,
+    agent_a: AgentServer,
+) -> None:
+    """Two processes sharing only the secret and Redis: a task created through one is
+    read, listed and canceled through the other (the ids carry their owner; the list of
+    an app's tasks is in Redis), and a REST agent's task is found there too."""
+    first, second = start_redis_gateways(stack, http, "gateway-a2a", tmp_path, world, redis_url)
+    chat = RestAgentCall(
+        path="/chat/completions",
+        request={"model": "mock", "messages": [{"role": "user", "content": "{{text}}"}]},
+        reply="choices.0.message.content",
+        reply_as="task",
+    )
+    doc = a2a_revision(world, [target("a", agent_a), target("rest", rest=chat, weight=0)])
+    for gateway in (first, second):
+        assert gateway.push(doc).status_code == 200
+    slow = _send_body("slow")
+    slow["params"]["configuration"] = {"returnImmediately": True}
+    task = _rpc(first, world.alice_key, slow).json()["result"]["task"]
+    got = _rpc(
+        second,
+        world.alice_key,
+        {"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": task["id"]}},
+    ).json()["result"]
+    assert got["id"] == task["id"]
+    assert got["contextId"] == task["contextId"]
+    listed = _rpc(
+        second,
+        world.alice_key,
+        {"jsonrpc": "2.0", "id": 3, "method": "ListTasks", "params": {"pageSize": 10}},
+    ).json()["result"]
+    assert task["id"] in [t["id"] for t in listed["tasks"]]
+    assert (
+        _rpc(
+            second, world.bob_key, {"jsonrpc": "2.0", "id": 4, "method": "ListTasks", "params": {}}
+        ).json()["result"]["tasks"]
+        == []
+    )
+    canceled = _rpc(
+        second,
+        world.alice_key,
+        {"jsonrpc": "2.0", "id": 5, "method": "CancelTask", "params": {"id": task["id"]}},
+    ).json()["result"]
+    assert canceled["status"]["state"] == "TASK_STATE_CANCELED"
+    made = _rpc(first, world.alice_key, _send_body("wrapped"), **{"x-portico-upstream": "rest"})
+    made_task = made.json()["result"]["task"]
+    stored = _rpc(
+        second,
+        world.alice_key,
+        {"jsonrpc": "2.0", "id": 6, "method": "GetTask", "params": {"id": made_task["id"]}},
+    ).json()["result"]
+    assert stored["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert "wrapped" in stored["artifacts"][0]["parts"][0]["text"]
