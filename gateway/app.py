@@ -718,11 +718,18 @@ class Gateway:
     async def acquire(
         self, subscription: Subscription, estimate: Callable[[], int]
     ) -> Decision | None:
-        """Count the call against the subscription's plan; raises 429 when over a limit.
+        """Count the call against the subscription's own limit (an admin's, for this
+        app) and its plan's; raises 429 when over one.
 
         ``estimate`` gives the tokens to reserve; it is only worked out when the plan
         has limits, which most calls' plans do not.
         """
+        if subscription.requests_per_minute is not None:
+            await self.acquire_rate(
+                f"sub-own:{subscription.id}",
+                subscription.requests_per_minute,
+                "the limit the portal's administrators set for this app",
+            )
         limits = self._limits_of(subscription.plan)
         if limits is None:
             return None
@@ -731,12 +738,13 @@ class Gateway:
             raise _refusal(decision, "your subscription's plan allows no more")
         return decision
 
-    async def acquire_rate(self, key: str, per_minute: int) -> Decision:
+    async def acquire_rate(self, key: str, per_minute: int, what: str) -> Decision:
         """Count a request against a limit of ``per_minute`` under ``key`` (a product's
-        global limit, a subscription's own); raises 429 when over it."""
+        global limit, a subscription's own; ``what`` says which); raises 429 when over
+        it."""
         decision = await self.limiter.acquire(key, self._shaped((per_minute, None, None, None)), 1)
         if not decision.allowed:
-            raise _refusal(decision, f"{per_minute} requests per minute")
+            raise _refusal(decision, f"{what} allows no more")
         return decision
 
     async def settle(self, decision: Decision | None, tokens: int) -> None:

@@ -179,7 +179,7 @@ class Host(Protocol):
         self, subscription: Subscription, estimate: Callable[[], int]
     ) -> Decision | None: ...
 
-    async def acquire_rate(self, key: str, per_minute: int) -> Decision: ...
+    async def acquire_rate(self, key: str, per_minute: int, what: str) -> Decision: ...
 
     async def settle(self, decision: Decision | None, tokens: int) -> None: ...
 
@@ -452,17 +452,16 @@ class A2aService:
     @contextlib.asynccontextmanager
     async def _limited(self, subscription: Subscription, agent: ServedAgent) -> AsyncIterator[None]:
         """The three limits, the narrowest first so that an app refused by its own does
-        not use up the product's allowance."""
+        not use up the product's allowance: the app's own and its plan's (the host's),
+        then the product's global one."""
         try:
-            if subscription.requests_per_minute is not None:
-                await self.host.acquire_rate(
-                    f"sub-own:{subscription.id}", subscription.requests_per_minute
-                )
             decision = await self.host.acquire(subscription, lambda: 1)
             if agent.product.requests_per_minute is not None:
                 try:
                     await self.host.acquire_rate(
-                        f"product:{agent.id}", agent.product.requests_per_minute
+                        f"product:{agent.id}",
+                        agent.product.requests_per_minute,
+                        "this agent's limit for all apps together",
                     )
                 except ApiError:
                     await self.host.settle(decision, 0)

@@ -42,6 +42,7 @@ from tests.gateway.a2a_support import (
     target,
 )
 from tests.gateway.conftest import Gateway, World, start_redis_gateways
+from tests.gateway.test_rate_limits import _inside_one_minute
 
 T = TypeVar("T")
 
@@ -472,6 +473,7 @@ def test_the_product_and_the_app_have_their_own_limits(
 ) -> None:
     doc = a2a_revision(world, [target("a", agent_a)], requests_per_minute=3)
     assert gw.push(doc).status_code == 200
+    _inside_one_minute(5)  # limits count in clock-aligned minutes
     statuses = [
         _rpc(gw, key, _send_body("hello")).status_code
         for key in (world.alice_key, world.bob_key, world.alice_key, world.bob_key)
@@ -479,6 +481,7 @@ def test_the_product_and_the_app_have_their_own_limits(
     assert statuses == [200, 200, 200, 429]
     doc = a2a_revision(world, [target("a", agent_a)], own_limit=1)
     assert gw.push(doc).status_code == 200
+    _inside_one_minute(5)
     assert _rpc(gw, world.alice_key, _send_body("hello")).status_code == 200
     over = _rpc(gw, world.alice_key, _send_body("hello"))
     assert over.status_code == 429

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anthropic
 import httpx
+import msgspec
 import openai
 import pytest
 
@@ -129,3 +130,26 @@ def test_limits_answer_anthropic_clients_in_anthropic_format(gw: Gateway, world:
     assert isinstance(body, dict)
     assert body["error"]["type"] == "rate_limit_error"
     assert refused.value.response.headers["retry-after"]
+
+
+def test_an_apps_own_limit_holds_on_top_of_its_plan(gw: Gateway, world: World) -> None:
+    """An admin's limit for one app (``Subscription.requests_per_minute``) refuses that
+    app alone, whatever the product's kind; the plan here has no limit at all."""
+    doc = routed(world, {"own": ModelRoute("a", "mock")})
+    alice = doc.consumers["1"]
+    subscription = msgspec.structs.replace(alice.subscriptions["chat"], requests_per_minute=2)
+    doc = msgspec.structs.replace(
+        doc,
+        consumers={
+            **doc.consumers,
+            "1": msgspec.structs.replace(alice, subscriptions={"chat": subscription}),
+        },
+    )
+    push(gw, doc)
+    _inside_one_minute(5)
+    statuses = [gw.chat(world.alice_key, chat_body(model="own")).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    refused = gw.chat(world.alice_key, chat_body(model="own"))
+    error = assert_openai_error(refused, 429, "rate_limit_exceeded")
+    assert "the portal's administrators set for this app" in error["message"]
+    assert "retry-after" in refused.headers
