@@ -87,7 +87,11 @@ def agent_product(
             options={"auth": "bearer"},
         )
         target = catalog_services.agent_target_add(
-            agent=agent, upstream=upstream, name=f"v{index + 1}", weight=7 + index, rest=rest
+            agent=agent,
+            upstream=upstream,
+            name=f"canary-version-{index + 1}",
+            weight=7 + index,
+            rest=rest,
         )
         AgentTarget.objects.filter(pk=target.pk).update(
             card={} if rest else (stored_card if stored_card is not None else card()),
@@ -123,7 +127,8 @@ def test_product_page_shows_the_card_skills_health_and_snippets(client, catalog,
     assert "SendMessage" in page
     assert f"{reverse(PAGE)}?product=planner" in page
     # Versions, weights, upstreams and the backend credential are the admin's business.
-    for secret in ("private-agent", "backend-secret", "agent-planner", "v2", "weight"):
+    # (Labels long enough that no random token on the page contains one by chance.)
+    for secret in ("private-agent", "backend-secret", "agent-planner", "canary-version", "weight"):
         assert secret not in page
 
 
