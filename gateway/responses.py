@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.types import Headers, Send
+from gateway.types import Headers, Receive, Send
 
 JSON = b"application/json"
 
@@ -83,3 +83,14 @@ async def send_error(send: Send, err: ApiError, request_id: str) -> None:
     await send_body(
         send, err.status, error_body(err, request_id), request_id.encode(), JSON, err.headers
     )
+
+
+async def send_chunk(send: Send, chunk: bytes) -> None:
+    """One more piece of a streamed response body."""
+    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def client_gone(receive: Receive) -> None:
+    """Returns when the client disconnects (for a task racing a stream)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -57,7 +57,7 @@ from gateway.a2a.index import CARD_PATH, ServedAgent, ServedTarget
 from gateway.a2a.tasks import TaskBook
 from gateway.a2a.upstream import AgentClient, AgentDown, AgentRpcError
 from gateway.limits import Decision
-from gateway.responses import ApiError
+from gateway.responses import ApiError, client_gone, send_body, send_chunk
 from gateway.routing import Router, unit_hash, weighted_order
 from gateway.schema import Consumer, Subscription
 from gateway.types import CallRecord, Headers, Receive, Scope, Send
@@ -307,13 +307,17 @@ class A2aService:
         except A2aError as err:
             call.status = err.status
             status, body = caller.error(err)
-            await _send(send, status, body, caller.content_type, call.request_id, err.headers)
+            await send_body(
+                send, status, body, call.request_id.encode(), caller.content_type, err.headers
+            )
         except ApiError as err:  # the host's: no configuration yet, body too large...
             code = UNAUTHENTICATED if err.status == 401 else INVALID_REQUEST
             mapped = A2aError(code, err.message, status=err.status, headers=err.headers, http=True)
             call.status = err.status
             status, body = caller.error(mapped)
-            await _send(send, err.status, body, caller.content_type, call.request_id, err.headers)
+            await send_body(
+                send, err.status, body, call.request_id.encode(), caller.content_type, err.headers
+            )
 
     async def _card(
         self, call: Call, headers: dict[bytes, bytes], send: Send, slug: str, scope: Scope
@@ -326,7 +330,7 @@ class A2aService:
             _, body = _Caller("rest", "1.0").error(
                 A2aError(METHOD_NOT_FOUND, f"There is no agent product {slug!r}.", status=404)
             )
-            await _send(send, 404, body, b"application/json", call.request_id)
+            await send_body(send, 404, body, call.request_id.encode(), b"application/json")
             return
         call.product = agent.id
         body, etag = served_card(agent, _public_base(revision, headers, scope))
@@ -341,7 +345,7 @@ class A2aService:
             await send({"type": "http.response.body", "body": b""})
             return
         call.status = 200
-        await _send(send, 200, body, b"application/json", call.request_id, extra)
+        await send_body(send, 200, body, call.request_id.encode(), b"application/json", extra)
 
     # Parsing ----------------------------------------------------------------------------
 
@@ -527,7 +531,9 @@ class A2aService:
     ) -> None:
         call.status = 200
         body = caller.result(name, result)
-        await _send(send, 200, body, caller.content_type, call.request_id, _target(call))
+        await send_body(
+            send, 200, body, call.request_id.encode(), caller.content_type, _target(call)
+        )
 
     def _plan(self, call: Call, context: _Context) -> list[ServedTarget]:
         agent = context.agent
@@ -779,19 +785,11 @@ class A2aService:
             await self.book.note(context.agent.id, context.consumer, task["id"])
             return {**event, "task": task}
         if isinstance(event.get("message"), dict):
-            return {**event, "message": self._wrap_message(context, target, event["message"])}
+            return {**event, "message": self._wrap_refs(context, target, event["message"])}
         for key in ("statusUpdate", "artifactUpdate"):
             update = event.get(key)
             if isinstance(update, dict):
-                update = self._wrap_refs(context, target, update)
-                status = update.get("status")
-                if isinstance(status, dict) and isinstance(status.get("message"), dict):
-                    status = {
-                        **status,
-                        "message": self._wrap_message(context, target, status["message"]),
-                    }
-                    update["status"] = status
-                return {**event, key: update}
+                return {**event, key: self._wrap_refs(context, target, update)}
         raise A2aError(
             INVALID_AGENT_RESPONSE, "The agent's answer is not an A2A result.", status=502
         )
@@ -808,7 +806,15 @@ class A2aService:
     def _wrap_refs(
         self, context: _Context, target: ServedTarget, obj: dict[str, Any]
     ) -> dict[str, Any]:
+        """A message, task or update with the ids it refers to made the app's, the
+        message of its status too."""
         out = dict(obj)
+        status = out.get("status")
+        if isinstance(status, dict) and isinstance(status.get("message"), dict):
+            out["status"] = {
+                **status,
+                "message": self._wrap_refs(context, target, status["message"]),
+            }
         if isinstance(out.get("taskId"), str):
             out["taskId"] = self._wrap(context, target, TASK, out["taskId"])
         if isinstance(out.get("contextId"), str):
@@ -820,11 +826,6 @@ class A2aService:
             ]
         return out
 
-    def _wrap_message(
-        self, context: _Context, target: ServedTarget, message: dict[str, Any]
-    ) -> dict[str, Any]:
-        return self._wrap_refs(context, target, message)
-
     def _wrap_task(
         self, context: _Context, target: ServedTarget, task: dict[str, Any]
     ) -> dict[str, Any]:
@@ -834,17 +835,9 @@ class A2aService:
             )
         out = self._wrap_refs(context, target, task)
         out["id"] = self._wrap(context, target, TASK, task["id"])
-        status = out.get("status")
-        if isinstance(status, dict) and isinstance(status.get("message"), dict):
-            out["status"] = {
-                **status,
-                "message": self._wrap_message(context, target, status["message"]),
-            }
         if isinstance(out.get("history"), list):
             out["history"] = [
-                self._wrap_message(context, target, m)
-                for m in out["history"]
-                if isinstance(m, dict)
+                self._wrap_refs(context, target, m) for m in out["history"] if isinstance(m, dict)
             ]
         return out
 
@@ -932,9 +925,9 @@ class A2aService:
                 ],
             }
         )
-        gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(receive))
+        gone: asyncio.Future[Any] = asyncio.ensure_future(client_gone(receive))
         try:
-            await _chunk(send, caller.event(first))
+            await send_chunk(send, caller.event(first))
             following: asyncio.Future[Any] | None = None
             while True:
                 if following is None:
@@ -943,7 +936,7 @@ class A2aService:
                     {following, gone}, timeout=KEEPALIVE_SECONDS, return_when="FIRST_COMPLETED"
                 )
                 if not done:  # an agent thinking: keep proxies from closing the stream
-                    await _chunk(send, b": keepalive\n\n")
+                    await send_chunk(send, b": keepalive\n\n")
                     continue
                 if following not in done:
                     following.cancel()
@@ -957,9 +950,9 @@ class A2aService:
                 except StopAsyncIteration:
                     break
                 except A2aError as err:
-                    await _chunk(send, caller.error_event(err))
+                    await send_chunk(send, caller.error_event(err))
                     break
-                await _chunk(send, caller.event(event))
+                await send_chunk(send, caller.event(event))
             await send({"type": "http.response.body", "body": b""})
         finally:
             gone.cancel()
@@ -1067,36 +1060,8 @@ def _now() -> str:
     )
 
 
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _chunk(send: Send, chunk: bytes) -> None:
-    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
     close = getattr(iterator, "aclose", None)
     if close is not None:
         with contextlib.suppress(Exception):
             await close()
-
-
-async def _send(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes,
-    request_id: str,
-    extra: Headers | None = None,
-) -> None:
-    headers: Headers = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-    ]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -50,7 +50,7 @@ from gateway.mcp.upstream import (
     UpstreamError,
     header_value,
 )
-from gateway.responses import ApiError
+from gateway.responses import ApiError, client_gone, send_chunk
 from gateway.schema import Consumer, Subscription
 from gateway.types import CallRecord, Headers, Receive, Scope, Send
 
@@ -420,7 +420,7 @@ class McpService:
         _, _, principal = self._authorize(call, headers, slug)
         stream_id = self.sessions.open(principal, slug or "*", SESSION_VERSIONS[0])
         queue = await self.hub.open(stream_id)
-        gone = asyncio.create_task(_disconnected(receive))
+        gone = asyncio.create_task(client_gone(receive))
         call.status = 200
         try:
             await send(
@@ -431,7 +431,7 @@ class McpService:
                 }
             )
             endpoint = f"/mcp{'/' + slug if slug else ''}?sse_session={stream_id}"
-            await _event(send, b"event: endpoint\r\ndata: " + endpoint.encode() + b"\r\n\r\n")
+            await send_chunk(send, b"event: endpoint\r\ndata: " + endpoint.encode() + b"\r\n\r\n")
             while not gone.done():
                 waiting = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait(
@@ -440,12 +440,12 @@ class McpService:
                 if waiting not in done:
                     waiting.cancel()
                     if not gone.done():
-                        await _event(send, b": keepalive\r\n\r\n")
+                        await send_chunk(send, b": keepalive\r\n\r\n")
                     continue
                 item = waiting.result()
                 if item is None:
                     break
-                await _event(send, _sse_message(item))
+                await send_chunk(send, _sse_message(item))
             if not gone.done():
                 await send({"type": "http.response.body", "body": b""})
         finally:
@@ -924,14 +924,14 @@ class _Relay:
                     "headers": [*_SSE_HEADERS, (b"x-request-id", self._request_id.encode())],
                 }
             )
-        await _event(self._send, _message_event(message))
+        await send_chunk(self._send, _message_event(message))
 
     async def finish(self, status: int, reply: dict[str, Any] | None, extra: Headers) -> None:
         if not self.started:
             await _send(self._send, status, reply, self._request_id, extra)
             return
         if reply is not None:
-            await _event(self._send, _message_event(reply))
+            await send_chunk(self._send, _message_event(reply))
         await self._send({"type": "http.response.body", "body": b""})
 
 
@@ -992,15 +992,6 @@ def resource_metadata(base: str, issuer: str, slug: str | None) -> dict[str, Any
         "bearer_methods_supported": ["header"],
         "resource_name": f"Portico MCP: {slug}" if slug else "Portico MCP: all your tools",
     }
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _event(send: Send, chunk: bytes) -> None:
-    await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
 def _input_required(answer: dict[str, Any]) -> bool:
